@@ -1,0 +1,1 @@
+"""Model back ends: Claude (Messages API) and the offline agent."""

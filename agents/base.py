@@ -1,0 +1,59 @@
+"""What an agent is: something that turns a Context into a streamed reply.
+
+The turn pipeline depends only on this module; the Claude and offline agents
+implement it. Errors an agent expects (rate limits, outages, bad keys) are raised
+as ``AgentError`` carrying a short message fit for the chat user.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from memory.types import Context, Usage
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRequest:
+    context: Context
+    model: str
+    max_tokens: int
+    session_id: int
+    user_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentReply:
+    """The end of a stream: the whole text and what the call cost."""
+
+    text: str
+    usage: Usage | None
+    model: str
+    estimated_input_tokens: int = 0
+
+
+AgentEvent = TextDelta | AgentReply
+
+
+class AgentError(Exception):
+    """An expected failure; ``user_message`` is what the chat user is told."""
+
+    def __init__(self, user_message: str, *, kind: str, detail: str = "") -> None:
+        super().__init__(detail or user_message)
+        self.user_message = user_message
+        self.kind = kind
+        self.detail = detail
+
+
+class Agent(Protocol):
+    name: str
+
+    def stream(self, request: AgentRequest) -> AsyncIterator[AgentEvent]:
+        """Yield TextDelta events as text arrives, then exactly one AgentReply."""
+        ...

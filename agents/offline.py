@@ -1,0 +1,39 @@
+"""The offline agent: answers without a model, so the whole memory path runs.
+
+With no ANTHROPIC_API_KEY a newcomer still sees Palaver work: messages are stored
+and counted, summaries appear at 70% of the budget, /reset starts afresh. The reply
+is deterministic and says plainly that no model is configured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from agents.base import AgentEvent, AgentReply, AgentRequest, TextDelta
+from memory.types import Role
+
+
+class OfflineAgent:
+    name = "offline"
+
+    def stream(self, request: AgentRequest) -> AsyncIterator[AgentEvent]:
+        return self._stream(request)
+
+    async def _stream(self, request: AgentRequest) -> AsyncIterator[AgentEvent]:
+        context = request.context
+        last = next((m for m in reversed(context.messages) if m.role is Role.USER), None)
+        heard = " ".join((last.text if last else "").split())
+        if len(heard) > 120:
+            heard = heard[:117] + "..."
+        percent = 100 * context.estimated_tokens / context.budget if context.budget else 0.0
+        parts = [
+            "No model is configured, so this is an offline reply "
+            "(set ANTHROPIC_API_KEY to talk to Claude). ",
+            f'You said: "{heard}". ',
+            f"Memory holds {len(context.messages)} turns in context and "
+            f"{len(context.summaries)} summaries; the context is about "
+            f"{context.estimated_tokens:,} tokens ({percent:.0f}% of the budget).",
+        ]
+        for part in parts:
+            yield TextDelta(part)
+        yield AgentReply("".join(parts), None, self.name, context.estimated_tokens)

@@ -1,0 +1,1 @@
+"""Interfaces (console, Telegram, Discord), the shared turn and commands, and wiring."""

@@ -1,0 +1,54 @@
+"""Who may talk to the bot: one policy for every interface.
+
+The default is closed: with no allowlist, nobody is allowed until the operator adds
+someone or sets ``access.allow_everyone``. An id in the lists matches on any
+interface ("12345") or on one ("telegram:12345"). The local console is the
+operator at the terminal and is always allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bots.config import AccessSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """The person behind an incoming message."""
+
+    interface: str
+    user_id: str
+    display_name: str | None = None
+    # Extra ids this person matches as (a Discord guild or role, a Telegram chat).
+    groups: tuple[str, ...] = field(default=())
+
+
+class AccessPolicy:
+    def __init__(self, settings: AccessSettings) -> None:
+        self._allowed = set(settings.allowed_users)
+        self._admins = set(settings.admins)
+        self._everyone = settings.allow_everyone
+
+    def _matches(self, actor: Actor, ids: set[str]) -> bool:
+        candidates = (actor.user_id, *actor.groups)
+        return any(c in ids or f"{actor.interface}:{c}" in ids for c in candidates)
+
+    def allows(self, actor: Actor) -> bool:
+        if actor.interface == "console" or self._everyone:
+            return True
+        return self._matches(actor, self._allowed) or self.is_admin(actor)
+
+    def is_admin(self, actor: Actor) -> bool:
+        if actor.interface == "console":
+            return True
+        return actor.user_id in self._admins or f"{actor.interface}:{actor.user_id}" in self._admins
+
+    @staticmethod
+    def denied_message(actor: Actor) -> str:
+        return (
+            "Sorry, this bot is private and you are not on its allowlist.\n"
+            f"Your {actor.interface} user id is {actor.user_id}. To let you in, the operator "
+            f'adds "{actor.interface}:{actor.user_id}" to access.allowed_users in config.toml '
+            "(or PALAVER_ACCESS__ALLOWED_USERS)."
+        )

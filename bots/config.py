@@ -1,0 +1,174 @@
+"""Configuration: config.toml, overridden from the environment, validated at start.
+
+Naming scheme for overrides: ``PALAVER_<SECTION>__<KEY>``, e.g.
+``PALAVER_MEMORY__TOKEN_LIMIT=50000`` or ``PALAVER_DATABASE__URL=postgresql+asyncpg://...``.
+A value is read as a TOML literal when it parses as one (numbers, booleans, lists
+such as ``[1, 2]``), otherwise as a plain string. Secrets come only from the
+environment (TELEGRAM_BOT_TOKEN, DISCORD_BOT_TOKEN, ANTHROPIC_API_KEY) and are never
+printed: ``check-config`` masks them.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from sqlalchemy.engine import make_url
+
+from memory.settings import DatabaseSettings, MemorySettings
+
+ENV_PREFIX = "PALAVER_"
+SECRET_ENV = ("TELEGRAM_BOT_TOKEN", "DISCORD_BOT_TOKEN", "ANTHROPIC_API_KEY")
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names key, value and what is allowed."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PalaverSettings(_Section):
+    data_dir: Path = Path("data")
+    log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+
+
+class AgentSettings(_Section):
+    system_prompt: str = Field(
+        "You are Palaver, a helpful assistant in a chat. Answer clearly and concisely.",
+        min_length=1,
+        max_length=20_000,
+    )
+    model: str = Field("claude-sonnet-4-5", min_length=1)
+    max_tokens: int = Field(1024, ge=1, le=64_000)
+    context_window: int = Field(200_000, ge=1000)
+
+
+class AccessSettings(_Section):
+    allowed_users: list[str] = Field(default_factory=list)
+    admins: list[str] = Field(default_factory=list)
+    allow_everyone: bool = False
+
+
+class RateLimitSettings(_Section):
+    per_minute: float = Field(20.0, gt=0)
+    burst: int = Field(5, ge=1)
+
+
+class Secrets(BaseModel):
+    telegram_bot_token: SecretStr | None = None
+    discord_bot_token: SecretStr | None = None
+    anthropic_api_key: SecretStr | None = None
+
+
+class Config(_Section):
+    palaver: PalaverSettings = Field(default_factory=PalaverSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
+    agent: AgentSettings = Field(default_factory=AgentSettings)
+    access: AccessSettings = Field(default_factory=AccessSettings)
+    rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    secrets: Secrets = Field(default_factory=Secrets, exclude=True)
+    source: Path | None = Field(None, exclude=True)
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url:
+            return self.database.url
+        return f"sqlite+aiosqlite:///{self.palaver.data_dir / 'palaver.db'}"
+
+
+def _env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        if section == "secrets":
+            continue
+        target = data.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"{name}: [{section}] is not a section")
+        target[key] = _env_value(raw)
+
+
+def _format(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(config)"
+        value = item.get("input")
+        shown = "" if isinstance(value, dict) else f" = {value!r}"
+        lines.append(f"  {key}{shown}: {item['msg']}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, override and validate; raise ConfigError before anything is touched."""
+    environ = os.environ if environ is None else environ
+    path = path or DEFAULT_CONFIG
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    elif path != DEFAULT_CONFIG:
+        raise ConfigError(f"{path}: no such configuration file")
+    for forbidden in ("secrets", *[s.lower() for s in SECRET_ENV]):
+        if forbidden in data or any(isinstance(v, dict) and forbidden in v for v in data.values()):
+            raise ConfigError(
+                f"{path}: {forbidden!r} must not be in the file; secrets come only from "
+                f"the environment ({', '.join(SECRET_ENV)})"
+            )
+    _apply_env(data, environ)
+    data["secrets"] = {
+        name.lower(): environ[name] for name in SECRET_ENV if environ.get(name, "").strip()
+    }
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format(error)) from None
+    base = path.resolve().parent
+    if not config.palaver.data_dir.is_absolute():
+        config.palaver.data_dir = base / config.palaver.data_dir
+    config.source = path
+    return config
+
+
+def render_config(config: Config) -> str:
+    """The effective configuration as TOML, secrets masked."""
+    lines = [f"# effective configuration (file: {config.source})"]
+    dumped = config.model_dump(mode="json")
+    for section, values in dumped.items():
+        lines.append(f"\n[{section}]")
+        for key, value in values.items():
+            if section == "database" and key == "url" and value:
+                value = make_url(value).render_as_string(hide_password=True)
+            lines.append(f"{key} = {_toml(value)}")
+    lines.append("\n# secrets (from the environment only)")
+    for name in SECRET_ENV:
+        secret = getattr(config.secrets, name.lower())
+        lines.append(f"# {name} = {'****** (set)' if secret else '(not set)'}")
+    return "\n".join(lines)
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return str(value)

@@ -1,0 +1,112 @@
+"""Context building: a pure function from what the cache holds to a ``Context``.
+
+Pure so that it is cheap (no I/O on the reply path), and so that hypothesis can
+check its invariants directly: within budget, newest message kept whole, roles
+alternating, first turn from the user.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from memory.errors import InvalidMessage
+from memory.tokens import MESSAGE_OVERHEAD
+from memory.types import Context, ContextMessage, Role
+
+
+class TailMessage(NamedTuple):
+    """A cached unsummarized message: a tuple, to keep hot sessions small in memory."""
+
+    role: Role
+    tokens: int
+    text: str
+    author: str | None
+
+
+class Block(NamedTuple):
+    """A prefix block (the system prompt, a summary) and its token count."""
+
+    text: str
+    tokens: int
+
+
+def _api_role(role: Role) -> Role:
+    # The Messages API knows two roles; notes and tool output travel as user turns.
+    return Role.ASSISTANT if role is Role.ASSISTANT else Role.USER
+
+
+def _render(message: TailMessage, label_authors: bool) -> str:
+    if message.role is Role.SYSTEM:
+        return f"(note) {message.text}"
+    if message.role is Role.TOOL:
+        return f"(tool result) {message.text}"
+    if label_authors and message.author and message.role is Role.USER:
+        return f"[{message.author}] {message.text}"
+    return message.text
+
+
+def build_context(
+    session_id: int,
+    *,
+    system: Block,
+    summaries: Sequence[Block],
+    tail: Sequence[TailMessage],
+    budget: int,
+    factor: float = 1.0,
+    label_authors: bool = False,
+) -> Context:
+    """Fit system + summaries + the newest messages into ``budget`` tokens.
+
+    ``factor`` is the model's calibration (reported / estimated tokens): the
+    estimate is scaled by it so that the budget holds for the model's own count.
+    Raises InvalidMessage if the prefix and the newest message alone do not fit.
+    """
+    fixed = system.tokens + sum(s.tokens for s in summaries)
+    allowance = int(budget / factor) - fixed
+    kept = 0
+    used = 0
+    for message in reversed(tail):
+        cost = message.tokens + MESSAGE_OVERHEAD
+        if used + cost > allowance:
+            break
+        used += cost
+        kept += 1
+    if tail and kept == 0:
+        raise InvalidMessage(
+            "the newest message does not fit in this session's token budget "
+            f"({budget:,} tokens); send a shorter message or raise the budget"
+        )
+    window = tail[len(tail) - kept :]
+    # The first turn must be the user's: leading assistant messages go.
+    start = 0
+    while start < len(window) and window[start].role is Role.ASSISTANT:
+        used -= window[start].tokens + MESSAGE_OVERHEAD
+        start += 1
+    merged: list[ContextMessage] = []
+    parts: list[str] = []
+    current: Role | None = None
+    author: str | None = None
+    for message in window[start:]:
+        role = _api_role(message.role)
+        text = _render(message, label_authors)
+        if role is current:
+            parts.append(text)
+            if author != message.author:
+                author = None
+            continue
+        if current is not None:
+            merged.append(ContextMessage(current, "\n\n".join(parts), author))
+        current, parts, author = role, [text], message.author
+    if current is not None:
+        merged.append(ContextMessage(current, "\n\n".join(parts), author))
+    estimated = int((fixed + used) * factor)
+    return Context(
+        session_id=session_id,
+        system=system.text,
+        summaries=tuple(s.text for s in summaries),
+        messages=tuple(merged),
+        estimated_tokens=estimated,
+        budget=budget,
+        dropped_messages=len(tail) - kept + start,
+    )

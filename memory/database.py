@@ -1,0 +1,141 @@
+"""Engines and schema: SQLite (the embedded default) or PostgreSQL, one code path.
+
+SQLite gets WAL, foreign keys, a busy timeout and ``BEGIN IMMEDIATE`` on the write
+engine, so that a transaction that will write takes the lock up front instead of
+failing half-way when another process holds it. Reads use a separate engine with
+ordinary deferred transactions, which WAL lets run beside the writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import Connection, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from memory.errors import StoreUnavailable
+from memory.settings import DatabaseSettings
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def sqlite_url(data_dir: Path) -> str:
+    return f"sqlite+aiosqlite:///{data_dir / 'palaver.db'}"
+
+
+@dataclass(slots=True)
+class Database:
+    """The engines of one database: ``writer`` for transactions that write."""
+
+    url: str
+    reader: AsyncEngine
+    writer: AsyncEngine
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.reader.dialect.name == "sqlite"
+
+    async def dispose(self) -> None:
+        await self.writer.dispose()
+        if self.reader is not self.writer:
+            await self.reader.dispose()
+
+
+def _sqlite_engine(url: str, settings: DatabaseSettings, *, immediate: bool) -> AsyncEngine:
+    engine = create_async_engine(
+        url,
+        echo=settings.echo,
+        connect_args={"timeout": settings.busy_timeout_ms / 1000},
+        # The write engine needs one connection: SQLite has a single writer anyway.
+        pool_size=1 if immediate else 5,
+        max_overflow=0 if immediate else 10,
+    )
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control from the driver so BEGIN is ours to emit.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(settings.busy_timeout_ms)}")
+        cursor.execute(f"PRAGMA synchronous={settings.sqlite_synchronous}")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def open_database(url: str, settings: DatabaseSettings) -> Database:
+    """Create the engines for ``url``; nothing connects until first use."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        writer = _sqlite_engine(url, settings, immediate=True)
+        reader = _sqlite_engine(url, settings, immediate=False)
+        return Database(url, reader, writer)
+    if parsed.get_backend_name() == "postgresql":
+        engine = create_async_engine(
+            url,
+            echo=settings.echo,
+            pool_size=settings.pool_size,
+            max_overflow=settings.pool_size,
+            pool_pre_ping=True,
+            connect_args={"timeout": settings.connect_timeout_s},
+        )
+        return Database(url, engine, engine)
+    raise StoreUnavailable(
+        f"database.url uses {parsed.get_backend_name()!r}; "
+        "supported are sqlite+aiosqlite and postgresql+asyncpg"
+    )
+
+
+def describe_db_error(error: BaseException) -> str:
+    """A plain description of a driver error, without the URL or credentials."""
+    text = str(getattr(error, "orig", None) or error).splitlines()[0]
+    if "locked" in text or "busy" in text:
+        return "the database is locked by another process; try again shortly"
+    if isinstance(error, OSError | ConnectionError) or "connect" in text.lower():
+        return "the database cannot be reached"
+    return "the database failed"
+
+
+@contextlib.asynccontextmanager
+async def translate_errors() -> AsyncIterator[None]:
+    """Turn driver and connection errors into ``StoreUnavailable``."""
+    try:
+        yield
+    except (TimeoutError, OperationalError, DBAPIError, OSError) as error:
+        if isinstance(error, DBAPIError) and not isinstance(error, OperationalError):
+            orig = getattr(error, "orig", None)
+            name = type(orig).__name__ if orig is not None else ""
+            if "Integrity" in name or "UniqueViolation" in name:
+                raise
+            if "Connection" not in name and "Interface" not in name:
+                raise
+        raise StoreUnavailable(describe_db_error(error)) from error
+
+
+def _upgrade(connection: Connection) -> None:
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+async def migrate(database: Database) -> None:
+    """Bring the schema up to date (Alembic, to head)."""
+    async with translate_errors(), database.writer.begin() as conn:
+        await conn.run_sync(_upgrade)

@@ -1,0 +1,198 @@
+"""The schema: SQLAlchemy 2 typed models.
+
+The store issues Core statements against these tables; the ORM classes exist for
+typing and for Alembic. Every lookup the manager makes has an index here.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite wants INTEGER PRIMARY KEY for its rowid alias; PostgreSQL gets BIGINT.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        dict[str, Any]: JSON,
+        datetime: DateTime(timezone=True),
+    }
+
+
+class ProjectRow(Base):
+    __tablename__ = "projects"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    agent_kind: Mapped[str] = mapped_column(String(20), default="chat")
+    model: Mapped[str | None] = mapped_column(String(100))
+    system_prompt: Mapped[str | None] = mapped_column(Text)
+    token_limit: Mapped[int | None] = mapped_column(Integer)
+    workdir: Mapped[str | None] = mapped_column(Text)
+    settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    current_session_id: Mapped[int | None] = mapped_column(BigId)
+    created_at: Mapped[datetime]
+
+
+class ChatBindingRow(Base):
+    """A chat key, its active project and its private session."""
+
+    __tablename__ = "chat_bindings"
+    __table_args__ = (UniqueConstraint("chat_ref", name="uq_chat_bindings_chat_ref"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    chat_ref: Mapped[str] = mapped_column(String(300))
+    interface: Mapped[str] = mapped_column(String(20))
+    chat_id: Mapped[str] = mapped_column(String(100))
+    thread_id: Mapped[str | None] = mapped_column(String(100))
+    active_project_id: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("projects.id", ondelete="SET NULL")
+    )
+    current_session_id: Mapped[int | None] = mapped_column(BigId)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class SessionRow(Base):
+    __tablename__ = "sessions"
+    __table_args__ = (
+        Index("ix_sessions_status_activity", "status", "last_activity_at"),
+        Index("ix_sessions_chat_ref", "chat_ref"),
+        Index("ix_sessions_project", "project_id"),
+        Index("ix_sessions_interface", "interface"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(10))  # chat | project
+    chat_ref: Mapped[str | None] = mapped_column(String(300))
+    project_id: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("projects.id", ondelete="SET NULL")
+    )
+    interface: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(12))
+    created_at: Mapped[datetime]
+    last_activity_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None]
+    finalized_at: Mapped[datetime | None]
+    # Counters kept as running totals so every check on the hot path is O(1).
+    message_count: Mapped[int] = mapped_column(Integer, default=0)
+    last_seq: Mapped[int] = mapped_column(Integer, default=0)
+    summarized_through: Mapped[int] = mapped_column(Integer, default=0)
+    context_start: Mapped[int] = mapped_column(Integer, default=1)
+    message_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    unsummarized_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    summary_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    tool_calls: Mapped[int] = mapped_column(Integer, default=0)
+    errors: Mapped[int] = mapped_column(Integer, default=0)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_read_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    state: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    carried_summary: Mapped[str | None] = mapped_column(Text)
+    closing_summary: Mapped[str | None] = mapped_column(Text)
+    # Bumped by every write; how a process notices another one changed the session.
+    version: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class MessageRow(Base):
+    __tablename__ = "messages"
+    __table_args__ = (
+        # The idempotency key: a platform message id is unique within its chat.
+        UniqueConstraint("chat_ref", "platform_message_id", name="uq_messages_platform_id"),
+    )
+
+    session_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    role: Mapped[str] = mapped_column(String(10))
+    text: Mapped[str] = mapped_column(Text)
+    token_count: Mapped[int] = mapped_column(Integer)
+    author_id: Mapped[str | None] = mapped_column(String(100))
+    author_name: Mapped[str | None] = mapped_column(String(200))
+    chat_ref: Mapped[str | None] = mapped_column(String(300))
+    platform_message_id: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime]
+    meta: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    input_tokens: Mapped[int | None] = mapped_column(Integer)
+    output_tokens: Mapped[int | None] = mapped_column(Integer)
+    cache_read_tokens: Mapped[int | None] = mapped_column(Integer)
+    cache_write_tokens: Mapped[int | None] = mapped_column(Integer)
+    cost_usd: Mapped[float | None] = mapped_column(Float)
+
+
+class SummaryRow(Base):
+    __tablename__ = "summaries"
+    __table_args__ = (Index("ix_summaries_session_active", "session_id", "superseded_by"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    session_id: Mapped[int] = mapped_column(BigId, ForeignKey("sessions.id", ondelete="CASCADE"))
+    first_seq: Mapped[int] = mapped_column(Integer)
+    last_seq: Mapped[int] = mapped_column(Integer)
+    level: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    token_count: Mapped[int] = mapped_column(Integer)
+    summarizer: Mapped[str] = mapped_column(String(60))
+    fallback: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Merged summaries are kept, pointing at the summary that replaced them.
+    superseded_by: Mapped[int | None] = mapped_column(BigId)
+    created_at: Mapped[datetime]
+
+
+class EventRow(Base):
+    """Tool calls, errors and lifecycle changes of a session."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_session_kind", "session_id", "kind"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    session_id: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("sessions.id", ondelete="CASCADE")
+    )
+    kind: Mapped[str] = mapped_column(String(20))
+    name: Mapped[str] = mapped_column(String(100))
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime]
+
+
+class JobRunRow(Base):
+    __tablename__ = "job_runs"
+    __table_args__ = (Index("ix_job_runs_job_started", "job", "started_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job: Mapped[str] = mapped_column(String(60))
+    started_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None]
+    outcome: Mapped[str] = mapped_column(String(20))
+    counts: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class TokenCalibrationRow(Base):
+    """Estimated vs API-reported input tokens, per model."""
+
+    __tablename__ = "token_calibration"
+
+    model: Mapped[str] = mapped_column(String(100), primary_key=True)
+    estimated_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    reported_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    samples: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime]

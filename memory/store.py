@@ -1,0 +1,1126 @@
+"""The async store: every SQL statement Palaver runs lives here.
+
+Core statements over the tables of memory.models, returning the plain data of
+memory.types. Every write to a session bumps its ``version`` inside the same
+transaction that locks the row (``BEGIN IMMEDIATE`` on SQLite, ``FOR UPDATE`` on
+PostgreSQL), so a process can tell when another one changed a session and never
+trusts a stale copy: that, not process memory, is what keeps several processes safe.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import Select, Table, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from memory.database import Database, translate_errors
+from memory.errors import InvalidMessage, ProjectNotFound, SessionNotFound
+from memory.models import (
+    ChatBindingRow,
+    EventRow,
+    JobRunRow,
+    MessageRow,
+    ProjectRow,
+    SessionRow,
+    SummaryRow,
+    TokenCalibrationRow,
+)
+from memory.types import (
+    ChatKey,
+    Project,
+    Role,
+    SessionInfo,
+    SessionStatus,
+    StoredMessage,
+    SummaryRecord,
+    Usage,
+)
+
+projects: Table = ProjectRow.__table__  # type: ignore[assignment]
+bindings: Table = ChatBindingRow.__table__  # type: ignore[assignment]
+sessions: Table = SessionRow.__table__  # type: ignore[assignment]
+messages: Table = MessageRow.__table__  # type: ignore[assignment]
+summaries: Table = SummaryRow.__table__  # type: ignore[assignment]
+events: Table = EventRow.__table__  # type: ignore[assignment]
+job_runs: Table = JobRunRow.__table__  # type: ignore[assignment]
+calibration: Table = TokenCalibrationRow.__table__  # type: ignore[assignment]
+
+_Q = TypeVar("_Q", bound=Select[Any])
+
+CONTINUABLE = (SessionStatus.ACTIVE, SessionStatus.IDLE, SessionStatus.FINALIZED)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; everything Palaver stores is UTC.
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _opt_utc(value: datetime | None) -> datetime | None:
+    return None if value is None else _utc(value)
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message on its way in: validated and counted by the manager."""
+
+    session_id: int
+    role: Role
+    text: str
+    token_count: int
+    author_id: str | None = None
+    author_name: str | None = None
+    chat_ref: str | None = None
+    platform_message_id: str | None = None
+    metadata: dict[str, Any] | None = None
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionDelta:
+    """How one write moved a session's version: the cache's coherence check."""
+
+    session_id: int
+    version_before: int
+    version_after: int
+
+
+@dataclass(slots=True)
+class AppendOutcome:
+    results: list[StoredMessage | BaseException]
+    deltas: dict[int, SessionDelta] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What the cache holds of a session: its row, active summaries, unsummarized tail."""
+
+    session: SessionInfo
+    summaries: list[SummaryRecord]
+    tail: list[StoredMessage]
+
+
+def session_info(row: Mapping[Any, Any]) -> SessionInfo:
+    return SessionInfo(
+        id=row["id"],
+        scope=row["scope"],
+        chat_ref=row["chat_ref"],
+        project_id=row["project_id"],
+        interface=row["interface"],
+        status=SessionStatus(row["status"]),
+        created_at=_utc(row["created_at"]),
+        last_activity_at=_utc(row["last_activity_at"]),
+        ended_at=_opt_utc(row["ended_at"]),
+        message_count=row["message_count"],
+        last_seq=row["last_seq"],
+        summarized_through=row["summarized_through"],
+        context_start=row["context_start"],
+        message_tokens=row["message_tokens"],
+        unsummarized_tokens=row["unsummarized_tokens"],
+        summary_tokens=row["summary_tokens"],
+        tool_calls=row["tool_calls"],
+        errors=row["errors"],
+        usage=Usage(
+            row["input_tokens"],
+            row["output_tokens"],
+            row["cache_read_tokens"],
+            row["cache_write_tokens"],
+            row["cost_usd"],
+        ),
+        state=dict(row["state"] or {}),
+        carried_summary=row["carried_summary"],
+        closing_summary=row["closing_summary"],
+        version=row["version"],
+    )
+
+
+def stored_message(row: Mapping[Any, Any], *, duplicate: bool = False) -> StoredMessage:
+    usage = None
+    if row["input_tokens"] is not None or row["output_tokens"] is not None:
+        usage = Usage(
+            row["input_tokens"] or 0,
+            row["output_tokens"] or 0,
+            row["cache_read_tokens"] or 0,
+            row["cache_write_tokens"] or 0,
+            row["cost_usd"] or 0.0,
+        )
+    return StoredMessage(
+        session_id=row["session_id"],
+        seq=row["seq"],
+        role=Role(row["role"]),
+        text=row["text"],
+        token_count=row["token_count"],
+        author_id=row["author_id"],
+        author_name=row["author_name"],
+        platform_message_id=row["platform_message_id"],
+        created_at=_utc(row["created_at"]),
+        metadata=dict(row["meta"] or {}),
+        usage=usage,
+        duplicate=duplicate,
+    )
+
+
+def summary_record(row: Mapping[Any, Any]) -> SummaryRecord:
+    return SummaryRecord(
+        id=row["id"],
+        session_id=row["session_id"],
+        first_seq=row["first_seq"],
+        last_seq=row["last_seq"],
+        level=row["level"],
+        text=row["text"],
+        token_count=row["token_count"],
+        summarizer=row["summarizer"],
+        fallback=row["fallback"],
+        created_at=_utc(row["created_at"]),
+    )
+
+
+def project_of(row: Mapping[Any, Any]) -> Project:
+    return Project(
+        id=row["id"],
+        name=row["name"],
+        agent_kind=row["agent_kind"],
+        model=row["model"],
+        system_prompt=row["system_prompt"],
+        token_limit=row["token_limit"],
+        workdir=row["workdir"],
+        settings=dict(row["settings"] or {}),
+    )
+
+
+class Store:
+    """Async access to one database."""
+
+    def __init__(self, database: Database) -> None:
+        self.db = database
+
+    def _locked(self, query: _Q) -> _Q:
+        # SQLite's BEGIN IMMEDIATE already holds the write lock; PostgreSQL locks rows.
+        return query if self.db.is_sqlite else query.with_for_update()
+
+    async def _lock_session(self, conn: AsyncConnection, session_id: int) -> Mapping[Any, Any]:
+        row = (
+            (await conn.execute(self._locked(select(sessions).where(sessions.c.id == session_id))))
+            .mappings()
+            .first()
+        )
+        if row is None:
+            raise SessionNotFound(f"session {session_id} does not exist")
+        return row
+
+    async def _bump(
+        self, conn: AsyncConnection, row: Mapping[Any, Any], **values: Any
+    ) -> SessionDelta:
+        await conn.execute(
+            update(sessions)
+            .where(sessions.c.id == row["id"])
+            .values(version=sessions.c.version + 1, **values)
+        )
+        return SessionDelta(row["id"], row["version"], row["version"] + 1)
+
+    # -- projects and bindings ------------------------------------------------------
+
+    async def create_project(
+        self,
+        name: str,
+        *,
+        agent_kind: str = "chat",
+        model: str | None = None,
+        system_prompt: str | None = None,
+        token_limit: int | None = None,
+        workdir: str | None = None,
+        settings: dict[str, Any] | None = None,
+    ) -> Project:
+        async with translate_errors(), self.db.writer.begin() as conn:
+            result = await conn.execute(
+                insert(projects)
+                .values(
+                    name=name,
+                    agent_kind=agent_kind,
+                    model=model,
+                    system_prompt=system_prompt,
+                    token_limit=token_limit,
+                    workdir=workdir,
+                    settings=settings or {},
+                    created_at=utcnow(),
+                )
+                .returning(projects)
+            )
+            return project_of(result.mappings().one())
+
+    async def get_project(self, *, name: str | None = None, id: int | None = None) -> Project:
+        query = select(projects)
+        query = query.where(projects.c.name == name) if name else query.where(projects.c.id == id)
+        async with translate_errors(), self.db.reader.connect() as conn:
+            row = (await conn.execute(query)).mappings().first()
+        if row is None:
+            raise ProjectNotFound(f"no project named {name!r}" if name else f"no project {id}")
+        return project_of(row)
+
+    async def list_projects(self) -> list[Project]:
+        async with translate_errors(), self.db.reader.connect() as conn:
+            rows = (await conn.execute(select(projects).order_by(projects.c.name))).mappings()
+            return [project_of(r) for r in rows]
+
+    async def set_active_project(self, key: ChatKey, project_id: int | None) -> None:
+        async with translate_errors(), self.db.writer.begin() as conn:
+            binding = await self._binding(conn, key, utcnow())
+            await conn.execute(
+                update(bindings)
+                .where(bindings.c.id == binding["id"])
+                .values(active_project_id=project_id, updated_at=utcnow())
+            )
+
+    async def _binding(
+        self, conn: AsyncConnection, key: ChatKey, now: datetime
+    ) -> Mapping[Any, Any]:
+        query = select(bindings).where(bindings.c.chat_ref == key.ref)
+        row = (await conn.execute(self._locked(query))).mappings().first()
+        if row is not None:
+            return row
+        await conn.execute(
+            insert(bindings).values(
+                chat_ref=key.ref,
+                interface=key.interface,
+                chat_id=key.chat_id,
+                thread_id=key.thread_id,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        return (await conn.execute(query)).mappings().one()
+
+    # -- sessions -------------------------------------------------------------------
+
+    async def get_session(self, session_id: int) -> SessionInfo:
+        async with translate_errors(), self.db.reader.connect() as conn:
+            row = (
+                (await conn.execute(select(sessions).where(sessions.c.id == session_id)))
+                .mappings()
+                .first()
+            )
+        if row is None:
+            raise SessionNotFound(f"session {session_id} does not exist")
+        return session_info(row)
+
+    async def current_session(self, key: ChatKey) -> tuple[SessionInfo | None, int | None]:
+        """The chat's current session (project or private) and its active project id."""
+        async with translate_errors(), self.db.reader.connect() as conn:
+            binding = (
+                (
+                    await conn.execute(
+                        select(
+                            bindings.c.current_session_id,
+                            bindings.c.active_project_id,
+                            projects.c.current_session_id.label("project_session_id"),
+                        )
+                        .select_from(bindings.outerjoin(projects))
+                        .where(bindings.c.chat_ref == key.ref)
+                    )
+                )
+                .mappings()
+                .first()
+            )
+            if binding is None:
+                return None, None
+            project_id = binding["active_project_id"]
+            session_id = (
+                binding["project_session_id"] if project_id else binding["current_session_id"]
+            )
+            if session_id is None:
+                return None, project_id
+            row = (
+                (await conn.execute(select(sessions).where(sessions.c.id == session_id)))
+                .mappings()
+                .first()
+            )
+        return (session_info(row) if row else None), project_id
+
+    async def open_session(
+        self, key: ChatKey, *, expire_after: timedelta, carry_summary: bool, force_new: bool
+    ) -> SessionInfo:
+        """The chat's usable session, or a new one; with ``force_new``, always a new one.
+
+        Runs in one write transaction, so two processes resolving the same chat at
+        once agree on a single session.
+        """
+        now = utcnow()
+        async with translate_errors(), self.db.writer.begin() as conn:
+            binding = await self._binding(conn, key, now)
+            project_id = binding["active_project_id"]
+            project = None
+            if project_id is not None:
+                project = (
+                    (
+                        await conn.execute(
+                            self._locked(select(projects).where(projects.c.id == project_id))
+                        )
+                    )
+                    .mappings()
+                    .one()
+                )
+                current_id = project["current_session_id"]
+            else:
+                current_id = binding["current_session_id"]
+            carried: str | None = None
+            if current_id is not None:
+                row = (
+                    (
+                        await conn.execute(
+                            self._locked(select(sessions).where(sessions.c.id == current_id))
+                        )
+                    )
+                    .mappings()
+                    .first()
+                )
+                if row is not None:
+                    usable = (
+                        row["status"] in CONTINUABLE
+                        and _utc(row["last_activity_at"]) + expire_after > now
+                    )
+                    if usable and not force_new:
+                        return session_info(row)
+                    if row["status"] in CONTINUABLE:
+                        status = SessionStatus.ENDED if force_new else SessionStatus.EXPIRED
+                        await self._bump(conn, row, status=status, ended_at=now)
+                    if carry_summary and not force_new:
+                        carried = row["closing_summary"]
+            new_id = (
+                await conn.execute(
+                    insert(sessions)
+                    .values(
+                        scope="project" if project_id else "chat",
+                        chat_ref=None if project_id else key.ref,
+                        project_id=project_id,
+                        interface=key.interface,
+                        status=SessionStatus.ACTIVE,
+                        created_at=now,
+                        last_activity_at=now,
+                        state={},
+                        carried_summary=carried,
+                    )
+                    .returning(sessions.c.id)
+                )
+            ).scalar_one()
+            if project is not None:
+                await conn.execute(
+                    update(projects)
+                    .where(projects.c.id == project_id)
+                    .values(current_session_id=new_id)
+                )
+            else:
+                await conn.execute(
+                    update(bindings)
+                    .where(bindings.c.id == binding["id"])
+                    .values(current_session_id=new_id, updated_at=now)
+                )
+            await conn.execute(
+                insert(events).values(
+                    session_id=new_id,
+                    kind="lifecycle",
+                    name="reset" if force_new else "created",
+                    detail={"chat": key.ref},
+                    created_at=now,
+                )
+            )
+            created = await conn.execute(select(sessions).where(sessions.c.id == new_id))
+            return session_info(created.mappings().one())
+
+    async def list_sessions(
+        self,
+        *,
+        status: SessionStatus | None = None,
+        interface: str | None = None,
+        chat_ref: str | None = None,
+        project_id: int | None = None,
+        active_since: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[SessionInfo]:
+        query = select(sessions).order_by(sessions.c.last_activity_at.desc(), sessions.c.id.desc())
+        if status is not None:
+            query = query.where(sessions.c.status == status)
+        if interface is not None:
+            query = query.where(sessions.c.interface == interface)
+        if chat_ref is not None:
+            query = query.where(sessions.c.chat_ref == chat_ref)
+        if project_id is not None:
+            query = query.where(sessions.c.project_id == project_id)
+        if active_since is not None:
+            query = query.where(sessions.c.last_activity_at >= active_since)
+        async with translate_errors(), self.db.reader.connect() as conn:
+            rows = (await conn.execute(query.limit(limit).offset(offset))).mappings()
+            return [session_info(r) for r in rows]
+
+    # -- messages -------------------------------------------------------------------
+
+    async def append_messages(self, items: Sequence[NewMessage]) -> AppendOutcome:
+        """Store a batch in one transaction: gapless seqs, idempotent on platform ids.
+
+        A platform id already stored (or repeated within the batch) yields the stored
+        message marked ``duplicate`` and writes nothing. If another process wins a race
+        on the same platform id, the unique constraint stops the batch and each item is
+        retried on its own.
+        """
+        async with translate_errors():
+            try:
+                return await self._append_batch(items)
+            except IntegrityError:
+                if len(items) == 1:
+                    found = await self._find_platform(items[0])
+                    if found is None:
+                        raise
+                    return AppendOutcome([found])
+            outcome = AppendOutcome([])
+            for item in items:
+                try:
+                    one = await self.append_messages([item])
+                except Exception as error:  # isolate one item's failure from the batch
+                    outcome.results.append(error)
+                    continue
+                outcome.results.extend(one.results)
+                for sid, delta in one.deltas.items():
+                    first = outcome.deltas.get(sid)
+                    outcome.deltas[sid] = (
+                        delta
+                        if first is None
+                        else SessionDelta(sid, first.version_before, delta.version_after)
+                    )
+            return outcome
+
+    async def _find_platform(self, item: NewMessage) -> StoredMessage | None:
+        async with self.db.reader.connect() as conn:
+            row = (
+                (
+                    await conn.execute(
+                        select(messages).where(
+                            messages.c.chat_ref == item.chat_ref,
+                            messages.c.platform_message_id == item.platform_message_id,
+                        )
+                    )
+                )
+                .mappings()
+                .first()
+            )
+        return stored_message(row, duplicate=True) if row else None
+
+    async def _append_batch(self, items: Sequence[NewMessage]) -> AppendOutcome:
+        now = utcnow()
+        results: list[StoredMessage | BaseException | None] = [None] * len(items)
+        async with self.db.writer.begin() as conn:
+            keyed = {
+                (i.chat_ref, i.platform_message_id)
+                for i in items
+                if i.platform_message_id is not None
+            }
+            existing: dict[tuple[str | None, str | None], StoredMessage] = {}
+            if keyed:
+                rows = await conn.execute(
+                    select(messages).where(
+                        messages.c.platform_message_id.in_({pid for _, pid in keyed})
+                    )
+                )
+                for row in rows.mappings():
+                    k = (row["chat_ref"], row["platform_message_id"])
+                    if k in keyed:
+                        existing[k] = stored_message(row, duplicate=True)
+            first_of: dict[tuple[str | None, str | None], int] = {}
+            fresh: list[int] = []
+            repeats: list[tuple[int, int]] = []
+            for index, item in enumerate(items):
+                k = (item.chat_ref, item.platform_message_id)
+                if item.platform_message_id is not None:
+                    if k in existing:
+                        results[index] = existing[k]
+                        continue
+                    if k in first_of:
+                        repeats.append((index, first_of[k]))
+                        continue
+                    first_of[k] = index
+                fresh.append(index)
+
+            session_ids = sorted({items[i].session_id for i in fresh})
+            locked = {
+                row["id"]: row
+                for row in (
+                    await conn.execute(
+                        self._locked(
+                            select(sessions.c.id, sessions.c.last_seq, sessions.c.version)
+                            .where(sessions.c.id.in_(session_ids))
+                            .order_by(sessions.c.id)
+                        )
+                    )
+                ).mappings()
+            }
+            per_session: dict[int, list[int]] = defaultdict(list)
+            for index in fresh:
+                sid = items[index].session_id
+                if sid not in locked:
+                    results[index] = SessionNotFound(f"session {sid} does not exist")
+                else:
+                    per_session[sid].append(index)
+
+            rows_out: list[dict[str, Any]] = []
+            updates: list[dict[str, Any]] = []
+            outcome = AppendOutcome([])
+            for sid, indexes in per_session.items():
+                seq = locked[sid]["last_seq"]
+                tokens = 0
+                usage = Usage()
+                for index in indexes:
+                    item = items[index]
+                    seq += 1
+                    tokens += item.token_count
+                    u = item.usage
+                    if u is not None:
+                        usage = usage + u
+                    rows_out.append(
+                        {
+                            "session_id": sid,
+                            "seq": seq,
+                            "role": item.role.value,
+                            "text": item.text,
+                            "token_count": item.token_count,
+                            "author_id": item.author_id,
+                            "author_name": item.author_name,
+                            "chat_ref": item.chat_ref,
+                            "platform_message_id": item.platform_message_id,
+                            "created_at": now,
+                            "meta": item.metadata,
+                            "input_tokens": u.input_tokens if u else None,
+                            "output_tokens": u.output_tokens if u else None,
+                            "cache_read_tokens": u.cache_read_tokens if u else None,
+                            "cache_write_tokens": u.cache_write_tokens if u else None,
+                            "cost_usd": u.cost_usd if u else None,
+                        }
+                    )
+                    results[index] = StoredMessage(
+                        session_id=sid,
+                        seq=seq,
+                        role=item.role,
+                        text=item.text,
+                        token_count=item.token_count,
+                        author_id=item.author_id,
+                        author_name=item.author_name,
+                        platform_message_id=item.platform_message_id,
+                        created_at=now,
+                        metadata=item.metadata or {},
+                        usage=u,
+                    )
+                version = locked[sid]["version"]
+                updates.append(
+                    {
+                        "b_id": sid,
+                        "b_last_seq": seq,
+                        "b_n": len(indexes),
+                        "b_tokens": tokens,
+                        "b_in": usage.input_tokens,
+                        "b_out": usage.output_tokens,
+                        "b_cr": usage.cache_read_tokens,
+                        "b_cw": usage.cache_write_tokens,
+                        "b_cost": usage.cost_usd,
+                        "b_now": now,
+                    }
+                )
+                outcome.deltas[sid] = SessionDelta(sid, version, version + 1)
+            if updates:
+                c = sessions.c
+                await conn.execute(
+                    update(sessions)
+                    .where(c.id == bindparam("b_id"))
+                    .values(
+                        last_seq=bindparam("b_last_seq"),
+                        message_count=c.message_count + bindparam("b_n"),
+                        message_tokens=c.message_tokens + bindparam("b_tokens"),
+                        unsummarized_tokens=c.unsummarized_tokens + bindparam("b_tokens"),
+                        input_tokens=c.input_tokens + bindparam("b_in"),
+                        output_tokens=c.output_tokens + bindparam("b_out"),
+                        cache_read_tokens=c.cache_read_tokens + bindparam("b_cr"),
+                        cache_write_tokens=c.cache_write_tokens + bindparam("b_cw"),
+                        cost_usd=c.cost_usd + bindparam("b_cost"),
+                        last_activity_at=bindparam("b_now"),
+                        status=SessionStatus.ACTIVE.value,
+                        version=c.version + 1,
+                    ),
+                    updates,
+                )
+                await conn.execute(insert(messages), rows_out)
+        for index, first in repeats:
+            original = results[first]
+            results[index] = (
+                _as_duplicate(original) if isinstance(original, StoredMessage) else original
+            )
+        outcome.results = [r if r is not None else InvalidMessage("not stored") for r in results]
+        return outcome
+
+    async def messages(
+        self, session_id: int, *, after: int = 0, through: int | None = None
+    ) -> list[StoredMessage]:
+        query = (
+            select(messages)
+            .where(messages.c.session_id == session_id, messages.c.seq > after)
+            .order_by(messages.c.seq)
+        )
+        if through is not None:
+            query = query.where(messages.c.seq <= through)
+        async with translate_errors(), self.db.reader.connect() as conn:
+            return [stored_message(r) for r in (await conn.execute(query)).mappings()]
+
+    async def snapshot(self, session_id: int) -> Snapshot:
+        """The session, its active summaries and the messages not yet summarized."""
+        async with translate_errors(), self.db.reader.begin() as conn:
+            row = (
+                (await conn.execute(select(sessions).where(sessions.c.id == session_id)))
+                .mappings()
+                .first()
+            )
+            if row is None:
+                raise SessionNotFound(f"session {session_id} does not exist")
+            info = session_info(row)
+            active = await conn.execute(
+                select(summaries)
+                .where(summaries.c.session_id == session_id, summaries.c.superseded_by.is_(None))
+                .order_by(summaries.c.first_seq)
+            )
+            start = max(info.summarized_through, info.context_start - 1)
+            tail = await conn.execute(
+                select(messages)
+                .where(messages.c.session_id == session_id, messages.c.seq > start)
+                .order_by(messages.c.seq)
+            )
+            return Snapshot(
+                info,
+                [summary_record(r) for r in active.mappings()],
+                [stored_message(r) for r in tail.mappings()],
+            )
+
+    async def summaries(
+        self, session_id: int, *, include_superseded: bool = False
+    ) -> list[SummaryRecord]:
+        query = select(summaries).where(summaries.c.session_id == session_id)
+        if not include_superseded:
+            query = query.where(summaries.c.superseded_by.is_(None))
+        async with translate_errors(), self.db.reader.connect() as conn:
+            rows = await conn.execute(query.order_by(summaries.c.level, summaries.c.first_seq))
+            return [summary_record(r) for r in rows.mappings()]
+
+    async def session_version(self, session_id: int) -> int | None:
+        async with translate_errors(), self.db.reader.connect() as conn:
+            return (
+                await conn.execute(select(sessions.c.version).where(sessions.c.id == session_id))
+            ).scalar_one_or_none()
+
+    # -- summaries ------------------------------------------------------------------
+
+    async def add_summary(
+        self,
+        session_id: int,
+        *,
+        expected_through: int,
+        first_seq: int,
+        last_seq: int,
+        text: str,
+        token_count: int,
+        summarizer: str,
+        fallback: bool,
+    ) -> tuple[SummaryRecord, SessionDelta] | None:
+        """Record a level-1 summary of [first_seq, last_seq].
+
+        Returns None, writing nothing, if the session's summarized range moved since
+        the summary was planned (another process or a /clear got there first).
+        """
+        now = utcnow()
+        async with translate_errors(), self.db.writer.begin() as conn:
+            row = await self._lock_session(conn, session_id)
+            start = max(row["summarized_through"], row["context_start"] - 1) + 1
+            stale = row["summarized_through"] != expected_through or first_seq != start
+            if stale or last_seq > row["last_seq"]:
+                return None
+            covered = (
+                await conn.execute(
+                    select(func.coalesce(func.sum(messages.c.token_count), 0)).where(
+                        messages.c.session_id == session_id,
+                        messages.c.seq >= first_seq,
+                        messages.c.seq <= last_seq,
+                    )
+                )
+            ).scalar_one()
+            summary_id = (
+                await conn.execute(
+                    insert(summaries)
+                    .values(
+                        session_id=session_id,
+                        first_seq=first_seq,
+                        last_seq=last_seq,
+                        level=1,
+                        text=text,
+                        token_count=token_count,
+                        summarizer=summarizer,
+                        fallback=fallback,
+                        created_at=now,
+                    )
+                    .returning(summaries.c.id)
+                )
+            ).scalar_one()
+            delta = await self._bump(
+                conn,
+                row,
+                summarized_through=last_seq,
+                unsummarized_tokens=max(0, row["unsummarized_tokens"] - int(covered)),
+                summary_tokens=row["summary_tokens"] + token_count,
+            )
+            record = SummaryRecord(
+                summary_id,
+                session_id,
+                first_seq,
+                last_seq,
+                1,
+                text,
+                token_count,
+                summarizer,
+                fallback,
+                now,
+            )
+            return record, delta
+
+    async def merge_summaries(
+        self,
+        session_id: int,
+        *,
+        merged_ids: Sequence[int],
+        text: str,
+        token_count: int,
+        summarizer: str,
+        fallback: bool,
+    ) -> tuple[SummaryRecord, SessionDelta] | None:
+        """Replace active summaries by one of a higher level covering their union.
+
+        The replaced summaries are kept, marked ``superseded_by``. Returns None if the
+        set of active summaries changed since the merge was planned.
+        """
+        now = utcnow()
+        async with translate_errors(), self.db.writer.begin() as conn:
+            row = await self._lock_session(conn, session_id)
+            rows = (
+                (
+                    await conn.execute(
+                        select(summaries).where(
+                            summaries.c.session_id == session_id,
+                            summaries.c.id.in_(list(merged_ids)),
+                            summaries.c.superseded_by.is_(None),
+                        )
+                    )
+                )
+                .mappings()
+                .all()
+            )
+            if len(rows) != len(merged_ids):
+                return None
+            first = min(r["first_seq"] for r in rows)
+            last = max(r["last_seq"] for r in rows)
+            level = max(r["level"] for r in rows) + 1
+            old_tokens = sum(r["token_count"] for r in rows)
+            new_id = (
+                await conn.execute(
+                    insert(summaries)
+                    .values(
+                        session_id=session_id,
+                        first_seq=first,
+                        last_seq=last,
+                        level=level,
+                        text=text,
+                        token_count=token_count,
+                        summarizer=summarizer,
+                        fallback=fallback,
+                        created_at=now,
+                    )
+                    .returning(summaries.c.id)
+                )
+            ).scalar_one()
+            await conn.execute(
+                update(summaries)
+                .where(summaries.c.id.in_(list(merged_ids)))
+                .values(superseded_by=new_id)
+            )
+            delta = await self._bump(
+                conn,
+                row,
+                summary_tokens=max(0, row["summary_tokens"] - old_tokens) + token_count,
+            )
+            record = SummaryRecord(
+                new_id, session_id, first, last, level, text, token_count, summarizer, fallback, now
+            )
+            return record, delta
+
+    # -- session state, events, lifecycle ------------------------------------------
+
+    async def clear_context(self, session_id: int) -> SessionDelta:
+        """Start the context after the last message; messages and summaries are kept."""
+        async with translate_errors(), self.db.writer.begin() as conn:
+            row = await self._lock_session(conn, session_id)
+            delta = await self._bump(
+                conn, row, context_start=row["last_seq"] + 1, unsummarized_tokens=0
+            )
+            await self._event(
+                conn, session_id, "lifecycle", "cleared", {"through": row["last_seq"]}
+            )
+            return delta
+
+    async def update_state(
+        self, session_id: int, patch: Mapping[Any, Any]
+    ) -> tuple[dict[str, Any], SessionDelta]:
+        """Merge ``patch`` into the session's state; a None value removes a key."""
+        async with translate_errors(), self.db.writer.begin() as conn:
+            row = await self._lock_session(conn, session_id)
+            state = dict(row["state"] or {})
+            for k, v in patch.items():
+                if v is None:
+                    state.pop(k, None)
+                else:
+                    state[k] = v
+            delta = await self._bump(conn, row, state=state)
+            return state, delta
+
+    async def _event(
+        self,
+        conn: AsyncConnection,
+        session_id: int | None,
+        kind: str,
+        name: str,
+        detail: dict[str, Any] | None,
+    ) -> None:
+        await conn.execute(
+            insert(events).values(
+                session_id=session_id, kind=kind, name=name, detail=detail, created_at=utcnow()
+            )
+        )
+
+    async def record_event(
+        self, session_id: int, kind: str, name: str, detail: dict[str, Any] | None = None
+    ) -> SessionDelta:
+        """Record a tool call, an error or a lifecycle event, and count it."""
+        async with translate_errors(), self.db.writer.begin() as conn:
+            row = await self._lock_session(conn, session_id)
+            await self._event(conn, session_id, kind, name, detail)
+            counters: dict[str, Any] = {}
+            if kind == "tool_call":
+                counters["tool_calls"] = row["tool_calls"] + 1
+            elif kind == "error":
+                counters["errors"] = row["errors"] + 1
+            return await self._bump(conn, row, **counters)
+
+    async def events(self, session_id: int, kind: str | None = None) -> list[dict[str, Any]]:
+        query = select(events).where(events.c.session_id == session_id).order_by(events.c.id)
+        if kind:
+            query = query.where(events.c.kind == kind)
+        async with translate_errors(), self.db.reader.connect() as conn:
+            return [dict(r) for r in (await conn.execute(query)).mappings()]
+
+    async def set_status(
+        self, session_id: int, status: SessionStatus, *, closing_summary: str | None = None
+    ) -> SessionDelta:
+        now = utcnow()
+        values: dict[str, Any] = {"status": status}
+        if status is SessionStatus.FINALIZED:
+            values["finalized_at"] = now
+            values["closing_summary"] = closing_summary
+        if status in (SessionStatus.EXPIRED, SessionStatus.ENDED):
+            values["ended_at"] = now
+        async with translate_errors(), self.db.writer.begin() as conn:
+            row = await self._lock_session(conn, session_id)
+            await self._event(conn, session_id, "lifecycle", status.value, None)
+            return await self._bump(conn, row, **values)
+
+    async def mark_idle(self, inactive_since: datetime) -> list[int]:
+        """Active sessions with no activity since ``inactive_since`` become idle."""
+        async with translate_errors(), self.db.writer.begin() as conn:
+            ids = (
+                (
+                    await conn.execute(
+                        update(sessions)
+                        .where(
+                            sessions.c.status == SessionStatus.ACTIVE,
+                            sessions.c.last_activity_at < inactive_since,
+                        )
+                        .values(status=SessionStatus.IDLE, version=sessions.c.version + 1)
+                        .returning(sessions.c.id)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            return list(ids)
+
+    async def expire(self, inactive_since: datetime) -> list[int]:
+        """Sessions with no activity since ``inactive_since`` become expired."""
+        now = utcnow()
+        async with translate_errors(), self.db.writer.begin() as conn:
+            ids = (
+                (
+                    await conn.execute(
+                        update(sessions)
+                        .where(
+                            sessions.c.status.in_([s.value for s in CONTINUABLE]),
+                            sessions.c.last_activity_at < inactive_since,
+                        )
+                        .values(
+                            status=SessionStatus.EXPIRED,
+                            ended_at=now,
+                            version=sessions.c.version + 1,
+                        )
+                        .returning(sessions.c.id)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            return list(ids)
+
+    async def delete_ended(self, ended_before: datetime) -> int:
+        """Delete expired and ended sessions (with their messages) past retention."""
+        async with translate_errors(), self.db.writer.begin() as conn:
+            doomed = select(sessions.c.id).where(
+                sessions.c.status.in_([SessionStatus.EXPIRED, SessionStatus.ENDED]),
+                or_(sessions.c.ended_at < ended_before, sessions.c.ended_at.is_(None)),
+                sessions.c.last_activity_at < ended_before,
+            )
+            ids = list((await conn.execute(doomed)).scalars().all())
+            if not ids:
+                return 0
+            # Explicit child deletes: SQLite only cascades with foreign keys on.
+            for table in (messages, summaries, events):
+                await conn.execute(delete(table).where(table.c.session_id.in_(ids)))
+            await conn.execute(
+                update(bindings)
+                .where(bindings.c.current_session_id.in_(ids))
+                .values(current_session_id=None)
+            )
+            await conn.execute(
+                update(projects)
+                .where(projects.c.current_session_id.in_(ids))
+                .values(current_session_id=None)
+            )
+            await conn.execute(delete(sessions).where(sessions.c.id.in_(ids)))
+            return len(ids)
+
+    # -- stats, calibration, job runs ----------------------------------------------
+
+    async def global_stats(self) -> dict[str, Any]:
+        c = sessions.c
+        async with translate_errors(), self.db.reader.connect() as conn:
+            totals = (
+                await conn.execute(
+                    select(
+                        func.count(c.id),
+                        func.coalesce(func.sum(c.message_count), 0),
+                        func.coalesce(func.sum(c.input_tokens), 0),
+                        func.coalesce(func.sum(c.output_tokens), 0),
+                        func.coalesce(func.sum(c.cache_read_tokens), 0),
+                        func.coalesce(func.sum(c.cache_write_tokens), 0),
+                        func.coalesce(func.sum(c.cost_usd), 0.0),
+                    )
+                )
+            ).one()
+            active = (
+                await conn.execute(
+                    select(func.count(c.id)).where(
+                        c.status.in_([SessionStatus.ACTIVE, SessionStatus.IDLE])
+                    )
+                )
+            ).scalar_one()
+            by_interface = {
+                row[0]: row[1]
+                for row in await conn.execute(
+                    select(c.interface, func.count(c.id)).group_by(c.interface)
+                )
+            }
+        return {
+            "sessions_total": int(totals[0]),
+            "messages": int(totals[1]),
+            "input_tokens": int(totals[2]),
+            "output_tokens": int(totals[3]),
+            "cache_read_tokens": int(totals[4]),
+            "cache_write_tokens": int(totals[5]),
+            "cost_usd": float(totals[6]),
+            "sessions_active": int(active),
+            "by_interface": by_interface,
+        }
+
+    async def load_calibration(self) -> dict[str, tuple[int, int]]:
+        async with translate_errors(), self.db.reader.connect() as conn:
+            rows = await conn.execute(select(calibration))
+            return {
+                r["model"]: (r["estimated_tokens"], r["reported_tokens"]) for r in rows.mappings()
+            }
+
+    async def add_calibration(self, model: str, estimated: int, reported: int) -> tuple[int, int]:
+        async with translate_errors(), self.db.writer.begin() as conn:
+            row = (
+                (
+                    await conn.execute(
+                        self._locked(select(calibration).where(calibration.c.model == model))
+                    )
+                )
+                .mappings()
+                .first()
+            )
+            if row is None:
+                await conn.execute(
+                    insert(calibration).values(
+                        model=model,
+                        estimated_tokens=estimated,
+                        reported_tokens=reported,
+                        samples=1,
+                        updated_at=utcnow(),
+                    )
+                )
+                return estimated, reported
+            total = (row["estimated_tokens"] + estimated, row["reported_tokens"] + reported)
+            await conn.execute(
+                update(calibration)
+                .where(calibration.c.model == model)
+                .values(
+                    estimated_tokens=total[0],
+                    reported_tokens=total[1],
+                    samples=row["samples"] + 1,
+                    updated_at=utcnow(),
+                )
+            )
+            return total
+
+    async def start_job_run(self, job: str) -> int:
+        async with translate_errors(), self.db.writer.begin() as conn:
+            return int(
+                (
+                    await conn.execute(
+                        insert(job_runs)
+                        .values(job=job, started_at=utcnow(), outcome="running")
+                        .returning(job_runs.c.id)
+                    )
+                ).scalar_one()
+            )
+
+    async def finish_job_run(
+        self, run_id: int, outcome: str, counts: dict[str, Any] | None, error: str | None = None
+    ) -> None:
+        async with translate_errors(), self.db.writer.begin() as conn:
+            await conn.execute(
+                update(job_runs)
+                .where(job_runs.c.id == run_id)
+                .values(ended_at=utcnow(), outcome=outcome, counts=counts, error=error)
+            )
+
+
+def _as_duplicate(message: StoredMessage) -> StoredMessage:
+    from dataclasses import replace
+
+    return replace(message, duplicate=True)

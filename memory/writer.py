@@ -1,0 +1,77 @@
+"""Group commit for add_message.
+
+Every add_message must be durable before it returns, and SQLite has one writer. So
+concurrent calls queue here and one task commits them together: the first caller
+starts a transaction, everyone who arrives while it runs rides the next one. There
+is no timer: a lone caller commits at once; under load, batches grow by themselves.
+A caller that is cancelled after submitting still gets its message stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from memory.errors import PalaverError, StoreUnavailable
+from memory.store import AppendOutcome, NewMessage, Store
+from memory.types import StoredMessage
+
+log = logging.getLogger(__name__)
+
+
+class MessageWriter:
+    def __init__(
+        self,
+        store: Store,
+        on_commit: Callable[[list[NewMessage], AppendOutcome], None],
+        max_batch: int = 256,
+    ) -> None:
+        self._store = store
+        self._on_commit = on_commit
+        self._max_batch = max_batch
+        self._pending: list[tuple[NewMessage, asyncio.Future[StoredMessage]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, item: NewMessage) -> StoredMessage:
+        future: asyncio.Future[StoredMessage] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if self._task is None:
+            self._task = asyncio.create_task(self._drain(), name="palaver-message-writer")
+        # shield: a cancelled caller must not cancel the write under way for others.
+        return await asyncio.shield(future)
+
+    async def drain(self) -> None:
+        """Wait until everything submitted so far is committed."""
+        while self._task is not None:
+            await asyncio.shield(self._task)
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                items = [item for item, _ in batch]
+                try:
+                    outcome = await self._store.append_messages(items)
+                except PalaverError as error:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(error)
+                    continue
+                except Exception as error:  # a bug or driver fault: fail loudly, per caller
+                    log.exception("message batch failed")
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(StoreUnavailable(f"storing failed: {error!r}"))
+                    continue
+                self._on_commit(items, outcome)
+                for (_, future), result in zip(batch, outcome.results, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(result, BaseException):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+        finally:
+            self._task = None
