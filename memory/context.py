@@ -60,10 +60,23 @@ def build_context(
 
     ``factor`` is the model's calibration (reported / estimated tokens): the
     estimate is scaled by it so that the budget holds for the model's own count.
-    Raises InvalidMessage if the prefix and the newest message alone do not fit.
+    If the summaries and the newest message do not fit, the oldest summaries are
+    left out. Raises InvalidMessage if the system prompt and the newest message
+    alone do not fit.
     """
-    fixed = system.tokens + sum(s.tokens for s in summaries)
-    allowance = int(budget / factor) - fixed
+    allowance = int(budget / factor)
+    newest = tail[-1].tokens + MESSAGE_OVERHEAD if tail else 0
+    if system.tokens + newest > allowance:
+        raise InvalidMessage(
+            "the newest message does not fit in this session's token budget "
+            f"({budget:,} tokens); send a shorter message or raise the budget"
+        )
+    # Summaries are the stable prefix, but the budget wins: the oldest go first.
+    kept_summaries = list(summaries)
+    fixed = system.tokens + sum(s.tokens for s in kept_summaries)
+    while kept_summaries and fixed + newest > allowance:
+        fixed -= kept_summaries.pop(0).tokens
+    allowance -= fixed
     kept = 0
     used = 0
     for message in reversed(tail):
@@ -72,11 +85,6 @@ def build_context(
             break
         used += cost
         kept += 1
-    if tail and kept == 0:
-        raise InvalidMessage(
-            "the newest message does not fit in this session's token budget "
-            f"({budget:,} tokens); send a shorter message or raise the budget"
-        )
     window = tail[len(tail) - kept :]
     # The first turn must be the user's: leading assistant messages go.
     start = 0
@@ -104,9 +112,10 @@ def build_context(
     return Context(
         session_id=session_id,
         system=system.text,
-        summaries=tuple(s.text for s in summaries),
+        summaries=tuple(s.text for s in kept_summaries),
         messages=tuple(merged),
         estimated_tokens=estimated,
         budget=budget,
         dropped_messages=len(tail) - kept + start,
+        dropped_summaries=len(summaries) - len(kept_summaries),
     )

@@ -16,6 +16,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import Select, Table, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -283,12 +285,16 @@ class Store:
     async def _binding(
         self, conn: AsyncConnection, key: ChatKey, now: datetime
     ) -> Mapping[Any, Any]:
-        query = select(bindings).where(bindings.c.chat_ref == key.ref)
-        row = (await conn.execute(self._locked(query))).mappings().first()
+        """The chat's binding row, locked; created if missing, race-free across
+        processes (INSERT ... ON CONFLICT DO NOTHING, then read)."""
+        query = self._locked(select(bindings).where(bindings.c.chat_ref == key.ref))
+        row = (await conn.execute(query)).mappings().first()
         if row is not None:
             return row
+        dialect_insert = sqlite_insert if self.db.is_sqlite else pg_insert
         await conn.execute(
-            insert(bindings).values(
+            dialect_insert(bindings)
+            .values(
                 chat_ref=key.ref,
                 interface=key.interface,
                 chat_id=key.chat_id,
@@ -296,6 +302,7 @@ class Store:
                 created_at=now,
                 updated_at=now,
             )
+            .on_conflict_do_nothing(index_elements=["chat_ref"])
         )
         return (await conn.execute(query)).mappings().one()
 

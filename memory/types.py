@@ -154,6 +154,7 @@ class Context:
     estimated_tokens: int
     budget: int
     dropped_messages: int  # unsummarized messages left out to stay within budget
+    dropped_summaries: int = 0  # oldest summaries left out when the budget is tiny
 
 
 @dataclass(frozen=True, slots=True)
