@@ -9,20 +9,19 @@ trusts a stale copy: that, not process memory, is what keeps several processes s
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, Table, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import Select, Table, delete, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from memory.database import Database, translate_errors
-from memory.errors import InvalidMessage, ProjectNotFound, SessionNotFound
+from memory.errors import ProjectNotFound, SessionNotFound
 from memory.models import (
     ChatBindingRow,
     EventRow,
@@ -199,11 +198,142 @@ def project_of(row: Mapping[Any, Any]) -> Project:
     )
 
 
+_MESSAGE_COLUMNS = (
+    "session_id",
+    "seq",
+    "role",
+    "text",
+    "token_count",
+    "author_id",
+    "author_name",
+    "chat_ref",
+    "platform_message_id",
+    "created_at",
+    "meta",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cost_usd",
+)
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+class _Tally:
+    """A session's running numbers while a batch is assembled."""
+
+    __slots__ = ("count", "last_seq", "tokens", "usage", "version")
+
+    def __init__(self, last_seq: int, version: int) -> None:
+        self.last_seq = last_seq
+        self.version = version
+        self.count = 0
+        self.tokens = 0
+        self.usage = Usage()
+
+
+class _BulkAppend:
+    """The statements of a batch append, rendered once for the driver.
+
+    add_message is the hot path: SQLAlchemy's per-row parameter processing for an
+    executemany costs more than SQLite's own work, so these statements go to the
+    driver as plain SQL with positional rows. Values still pass through the
+    dialect's own bind processors, so what is stored is exactly what Core stores.
+    """
+
+    def __init__(self, dialect: Any) -> None:
+        self._dollar = dialect.paramstyle == "numeric_dollar"
+        self._for_update = "" if dialect.name == "sqlite" else " FOR UPDATE"
+        self._locks: dict[int, str] = {}
+        self.insert = (
+            f"INSERT INTO messages ({', '.join(_MESSAGE_COLUMNS)}) "
+            f"VALUES ({', '.join(self._marks(len(_MESSAGE_COLUMNS)))})"
+        )
+        m = self._marks(12)
+        self.update = (
+            "UPDATE sessions SET "
+            f"message_count = message_count + {m[0]}, "
+            f"message_tokens = message_tokens + {m[1]}, "
+            f"unsummarized_tokens = unsummarized_tokens + {m[2]}, "
+            f"input_tokens = input_tokens + {m[3]}, "
+            f"output_tokens = output_tokens + {m[4]}, "
+            f"cache_read_tokens = cache_read_tokens + {m[5]}, "
+            f"cache_write_tokens = cache_write_tokens + {m[6]}, "
+            f"cost_usd = cost_usd + {m[7]}, "
+            f"last_seq = {m[8]}, last_activity_at = {m[9]}, status = {m[10]}, "
+            f"version = version + 1 WHERE id = {m[11]}"
+        )
+
+        def processor(column: Any) -> Any:
+            impl = column.type.dialect_impl(dialect)
+            return impl.bind_processor(dialect) or _identity
+
+        self.time = processor(sessions.c.last_activity_at)
+        self._json = processor(messages.c.meta)
+
+    def _marks(self, count: int) -> list[str]:
+        return [f"${i}" if self._dollar else "?" for i in range(1, count + 1)]
+
+    def lock(self, count: int) -> str:
+        """SELECT id, last_seq, version of ``count`` sessions, locking their rows."""
+        sql = self._locks.get(count)
+        if sql is None:
+            sql = (
+                "SELECT id, last_seq, version FROM sessions "
+                f"WHERE id IN ({', '.join(self._marks(count))}) ORDER BY id{self._for_update}"
+            )
+            if len(self._locks) < 1024:
+                self._locks[count] = sql
+        return sql
+
+    def update_row(self, sid: int, t: _Tally, stamp: Any) -> tuple[Any, ...]:
+        u = t.usage
+        return (
+            t.count,
+            t.tokens,
+            t.tokens,
+            u.input_tokens,
+            u.output_tokens,
+            u.cache_read_tokens,
+            u.cache_write_tokens,
+            u.cost_usd,
+            t.last_seq,
+            stamp,
+            SessionStatus.ACTIVE.value,
+            sid,
+        )
+
+    def insert_row(self, item: NewMessage, seq: int, stamp: Any) -> tuple[Any, ...]:
+        u = item.usage
+        return (
+            item.session_id,
+            seq,
+            item.role.value,
+            item.text,
+            item.token_count,
+            item.author_id,
+            item.author_name,
+            item.chat_ref,
+            item.platform_message_id,
+            stamp,
+            None if item.metadata is None else self._json(item.metadata),
+            None if u is None else u.input_tokens,
+            None if u is None else u.output_tokens,
+            None if u is None else u.cache_read_tokens,
+            None if u is None else u.cache_write_tokens,
+            None if u is None else u.cost_usd,
+        )
+
+
 class Store:
     """Async access to one database."""
 
     def __init__(self, database: Database) -> None:
         self.db = database
+        self._bulk = _BulkAppend(database.writer.dialect)
 
     def _locked(self, query: _Q) -> _Q:
         # SQLite's BEGIN IMMEDIATE already holds the write lock; PostgreSQL locks rows.
@@ -473,24 +603,21 @@ class Store:
     async def append_messages(self, items: Sequence[NewMessage]) -> AppendOutcome:
         """Store a batch in one transaction: gapless seqs, idempotent on platform ids.
 
-        A platform id already stored (or repeated within the batch) yields the stored
-        message marked ``duplicate`` and writes nothing. If another process wins a race
-        on the same platform id, the unique constraint stops the batch and each item is
-        retried on its own.
+        The fast path inserts the whole batch and lets the unique index on
+        (chat, platform id) object. If it does (a repeated delivery, or another
+        process that stored the same id first), the transaction rolls back, gaps
+        and all, and each item is stored on its own behind an explicit check: a
+        platform id already stored yields the stored message marked ``duplicate``.
         """
         async with translate_errors():
             try:
                 return await self._append_batch(items)
             except IntegrityError:
-                if len(items) == 1:
-                    found = await self._find_platform(items[0])
-                    if found is None:
-                        raise
-                    return AppendOutcome([found])
+                pass
             outcome = AppendOutcome([])
             for item in items:
                 try:
-                    one = await self.append_messages([item])
+                    one = await self._append_checked(item)
                 except Exception as error:  # isolate one item's failure from the batch
                     outcome.results.append(error)
                     continue
@@ -504,8 +631,21 @@ class Store:
                     )
             return outcome
 
+    async def _append_checked(self, item: NewMessage) -> AppendOutcome:
+        if item.platform_message_id is not None:
+            found = await self._find_platform(item)
+            if found is not None:
+                return AppendOutcome([found])
+        try:
+            return await self._append_batch([item])
+        except IntegrityError:
+            found = await self._find_platform(item)  # lost a race with another process
+            if found is None:
+                raise
+            return AppendOutcome([found])
+
     async def _find_platform(self, item: NewMessage) -> StoredMessage | None:
-        async with self.db.reader.connect() as conn:
+        async with self.db.writer.connect() as conn:
             row = (
                 (
                     await conn.execute(
@@ -521,152 +661,52 @@ class Store:
         return stored_message(row, duplicate=True) if row else None
 
     async def _append_batch(self, items: Sequence[NewMessage]) -> AppendOutcome:
+        bulk = self._bulk
         now = utcnow()
-        results: list[StoredMessage | BaseException | None] = [None] * len(items)
+        stamp = bulk.time(now)
+        results: list[StoredMessage | BaseException] = []
+        outcome = AppendOutcome(results)
         async with self.db.writer.begin() as conn:
-            keyed = {
-                (i.chat_ref, i.platform_message_id)
-                for i in items
-                if i.platform_message_id is not None
-            }
-            existing: dict[tuple[str | None, str | None], StoredMessage] = {}
-            if keyed:
-                rows = await conn.execute(
-                    select(messages).where(
-                        messages.c.platform_message_id.in_({pid for _, pid in keyed})
+            session_ids = sorted({i.session_id for i in items})
+            result = await conn.exec_driver_sql(bulk.lock(len(session_ids)), tuple(session_ids))
+            rows: list[tuple[int, int, int]] = [tuple(r) for r in result.all()]
+            locked = {sid: _Tally(last_seq, version) for sid, last_seq, version in rows}
+            inserts: list[tuple[Any, ...]] = []
+            for item in items:
+                state = locked.get(item.session_id)
+                if state is None:
+                    results.append(SessionNotFound(f"session {item.session_id} does not exist"))
+                    continue
+                state.last_seq += 1
+                state.count += 1
+                state.tokens += item.token_count
+                u = item.usage
+                if u is not None:
+                    state.usage = state.usage + u
+                inserts.append(bulk.insert_row(item, state.last_seq, stamp))
+                results.append(
+                    StoredMessage(
+                        item.session_id,
+                        state.last_seq,
+                        item.role,
+                        item.text,
+                        item.token_count,
+                        item.author_id,
+                        item.author_name,
+                        item.platform_message_id,
+                        now,
+                        item.metadata or {},
+                        u,
                     )
                 )
-                for row in rows.mappings():
-                    k = (row["chat_ref"], row["platform_message_id"])
-                    if k in keyed:
-                        existing[k] = stored_message(row, duplicate=True)
-            first_of: dict[tuple[str | None, str | None], int] = {}
-            fresh: list[int] = []
-            repeats: list[tuple[int, int]] = []
-            for index, item in enumerate(items):
-                k = (item.chat_ref, item.platform_message_id)
-                if item.platform_message_id is not None:
-                    if k in existing:
-                        results[index] = existing[k]
-                        continue
-                    if k in first_of:
-                        repeats.append((index, first_of[k]))
-                        continue
-                    first_of[k] = index
-                fresh.append(index)
-
-            session_ids = sorted({items[i].session_id for i in fresh})
-            locked = {
-                row["id"]: row
-                for row in (
-                    await conn.execute(
-                        self._locked(
-                            select(sessions.c.id, sessions.c.last_seq, sessions.c.version)
-                            .where(sessions.c.id.in_(session_ids))
-                            .order_by(sessions.c.id)
-                        )
-                    )
-                ).mappings()
-            }
-            per_session: dict[int, list[int]] = defaultdict(list)
-            for index in fresh:
-                sid = items[index].session_id
-                if sid not in locked:
-                    results[index] = SessionNotFound(f"session {sid} does not exist")
-                else:
-                    per_session[sid].append(index)
-
-            rows_out: list[dict[str, Any]] = []
-            updates: list[dict[str, Any]] = []
-            outcome = AppendOutcome([])
-            for sid, indexes in per_session.items():
-                seq = locked[sid]["last_seq"]
-                tokens = 0
-                usage = Usage()
-                for index in indexes:
-                    item = items[index]
-                    seq += 1
-                    tokens += item.token_count
-                    u = item.usage
-                    if u is not None:
-                        usage = usage + u
-                    rows_out.append(
-                        {
-                            "session_id": sid,
-                            "seq": seq,
-                            "role": item.role.value,
-                            "text": item.text,
-                            "token_count": item.token_count,
-                            "author_id": item.author_id,
-                            "author_name": item.author_name,
-                            "chat_ref": item.chat_ref,
-                            "platform_message_id": item.platform_message_id,
-                            "created_at": now,
-                            "meta": item.metadata,
-                            "input_tokens": u.input_tokens if u else None,
-                            "output_tokens": u.output_tokens if u else None,
-                            "cache_read_tokens": u.cache_read_tokens if u else None,
-                            "cache_write_tokens": u.cache_write_tokens if u else None,
-                            "cost_usd": u.cost_usd if u else None,
-                        }
-                    )
-                    results[index] = StoredMessage(
-                        session_id=sid,
-                        seq=seq,
-                        role=item.role,
-                        text=item.text,
-                        token_count=item.token_count,
-                        author_id=item.author_id,
-                        author_name=item.author_name,
-                        platform_message_id=item.platform_message_id,
-                        created_at=now,
-                        metadata=item.metadata or {},
-                        usage=u,
-                    )
-                version = locked[sid]["version"]
-                updates.append(
-                    {
-                        "b_id": sid,
-                        "b_last_seq": seq,
-                        "b_n": len(indexes),
-                        "b_tokens": tokens,
-                        "b_in": usage.input_tokens,
-                        "b_out": usage.output_tokens,
-                        "b_cr": usage.cache_read_tokens,
-                        "b_cw": usage.cache_write_tokens,
-                        "b_cost": usage.cost_usd,
-                        "b_now": now,
-                    }
-                )
-                outcome.deltas[sid] = SessionDelta(sid, version, version + 1)
-            if updates:
-                c = sessions.c
-                await conn.execute(
-                    update(sessions)
-                    .where(c.id == bindparam("b_id"))
-                    .values(
-                        last_seq=bindparam("b_last_seq"),
-                        message_count=c.message_count + bindparam("b_n"),
-                        message_tokens=c.message_tokens + bindparam("b_tokens"),
-                        unsummarized_tokens=c.unsummarized_tokens + bindparam("b_tokens"),
-                        input_tokens=c.input_tokens + bindparam("b_in"),
-                        output_tokens=c.output_tokens + bindparam("b_out"),
-                        cache_read_tokens=c.cache_read_tokens + bindparam("b_cr"),
-                        cache_write_tokens=c.cache_write_tokens + bindparam("b_cw"),
-                        cost_usd=c.cost_usd + bindparam("b_cost"),
-                        last_activity_at=bindparam("b_now"),
-                        status=SessionStatus.ACTIVE.value,
-                        version=c.version + 1,
-                    ),
-                    updates,
-                )
-                await conn.execute(insert(messages), rows_out)
-        for index, first in repeats:
-            original = results[first]
-            results[index] = (
-                _as_duplicate(original) if isinstance(original, StoredMessage) else original
-            )
-        outcome.results = [r if r is not None else InvalidMessage("not stored") for r in results]
+            updates: list[tuple[Any, ...]] = []
+            for sid, t in locked.items():
+                if t.count:
+                    updates.append(bulk.update_row(sid, t, stamp))
+                    outcome.deltas[sid] = SessionDelta(sid, t.version, t.version + 1)
+            if inserts:
+                await conn.exec_driver_sql(bulk.update, updates)
+                await conn.exec_driver_sql(bulk.insert, inserts)
         return outcome
 
     async def messages(
@@ -1125,9 +1165,3 @@ class Store:
                 .where(job_runs.c.id == run_id)
                 .values(ended_at=utcnow(), outcome=outcome, counts=counts, error=error)
             )
-
-
-def _as_duplicate(message: StoredMessage) -> StoredMessage:
-    from dataclasses import replace
-
-    return replace(message, duplicate=True)

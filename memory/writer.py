@@ -38,8 +38,9 @@ class MessageWriter:
         self._pending.append((item, future))
         if self._task is None:
             self._task = asyncio.create_task(self._drain(), name="palaver-message-writer")
-        # shield: a cancelled caller must not cancel the write under way for others.
-        return await asyncio.shield(future)
+        # A caller cancelled now cancels only its future: the item stays queued and
+        # is stored all the same.
+        return await future
 
     async def drain(self) -> None:
         """Wait until everything submitted so far is committed."""
@@ -49,6 +50,8 @@ class MessageWriter:
     async def _drain(self) -> None:
         try:
             while self._pending:
+                # Let callers woken by the last commit submit again: they ride this batch.
+                await asyncio.sleep(0)
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
                 items = [item for item, _ in batch]

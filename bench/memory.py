@@ -1,0 +1,218 @@
+"""Benchmark of the session memory: prints a table.
+
+    python bench/memory.py [--sessions 100] [--messages 100] [--postgres URL]
+
+- ingest: S sessions x M messages, one add_message per call, all sessions
+  concurrently, each call committed before it returns (SQLite file, WAL);
+- context: build_context for 100 sessions of 2,000 messages with summaries, from
+  the cache and cold from the database;
+- memory: RSS for 10,000 cached sessions of 20 short messages, bytes per session
+  beyond the message text;
+- the same ingest on PostgreSQL when --postgres or TEST_DATABASE_URL is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from memory.database import Database, migrate, open_database  # noqa: E402
+from memory.manager import SessionManager  # noqa: E402
+from memory.settings import DatabaseSettings, MemorySettings  # noqa: E402
+from memory.store import Store  # noqa: E402
+from memory.tokens import TokenCounter  # noqa: E402
+from memory.types import ChatKey, Role  # noqa: E402
+
+Row = tuple[str, str, str, str]
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+async def build(url: str, **settings: object) -> tuple[SessionManager, Database]:
+    database = open_database(url, DatabaseSettings())
+    await migrate(database)
+    manager = SessionManager(Store(database), TokenCounter(), MemorySettings(**settings))  # type: ignore[arg-type]
+    await manager.start()
+    return manager, database
+
+
+async def ingest(url: str, sessions: int, messages: int, label: str) -> list[Row]:
+    manager, database = await build(url)
+    ids = [(await manager.open(ChatKey("bench", f"{label}-{i}"))).id for i in range(sessions)]
+    latencies: list[float] = []
+
+    async def writer(index: int, sid: int) -> None:
+        key = ChatKey("bench", f"{label}-{index}")
+        for j in range(messages):
+            started = time.perf_counter()
+            await manager.add_message(
+                sid,
+                Role.USER if j % 2 == 0 else Role.ASSISTANT,
+                f"message {j} in session {index}: the quick brown fox jumps over the lazy dog",
+                chat=key,
+                platform_message_id=f"{j}",
+            )
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(writer(i, sid) for i, sid in enumerate(ids)))
+    elapsed = time.perf_counter() - started
+    total = sessions * messages
+    stored = sum([(await manager.get(sid)).message_count for sid in ids])
+    assert stored == total, f"stored {stored} of {total}"
+    await manager.close()
+    await database.dispose()
+    return [
+        (f"ingest {label}", "messages/s", f"{total / elapsed:,.0f}", ">= 20,000"),
+        (f"ingest {label}", "add_message p50", f"{pct(latencies, 0.5) * 1000:.2f} ms", ""),
+        (f"ingest {label}", "add_message p99", f"{pct(latencies, 0.99) * 1000:.2f} ms", "<= 10 ms"),
+    ]
+
+
+async def context(url: str) -> list[Row]:
+    manager, database = await build(url, token_limit=100_000, cache_size=1000)
+    store = manager.store
+    ids: list[int] = []
+    # Seed 100 sessions x 2,000 messages with summaries straight through the store.
+    from memory.store import NewMessage
+
+    for i in range(100):
+        sid = (await manager.open(ChatKey("bench", f"ctx-{i}"))).id
+        ids.append(sid)
+        items = [
+            NewMessage(
+                sid,
+                Role.USER if j % 2 == 0 else Role.ASSISTANT,
+                f"turn {j}: some ordinary chat text about the project, number {j}",
+                18,
+            )
+            for j in range(2000)
+        ]
+        for k in range(0, 2000, 500):
+            await store.append_messages(items[k : k + 500])
+        through = 0
+        for _ in range(6):  # six summaries covering 1..1800
+            await store.add_summary(
+                sid,
+                expected_through=through,
+                first_seq=through + 1,
+                last_seq=through + 300,
+                text="summary " * 300,
+                token_count=300,
+                summarizer="bench",
+                fallback=False,
+            )
+            through += 300
+    manager.cache.clear()
+    cold: list[float] = []
+    warm: list[float] = []
+
+    async def one(sid: int, sink: list[float]) -> None:
+        started = time.perf_counter()
+        await manager.build_context(sid, system_prompt="You are helpful.", budget=100_000)
+        sink.append(time.perf_counter() - started)
+
+    await asyncio.gather(*(one(sid, cold) for sid in ids))
+    for _ in range(10):
+        await asyncio.gather(*(one(sid, warm) for sid in ids))
+    await manager.close()
+    await database.dispose()
+    return [
+        ("context (cache)", "build_context p50", f"{pct(warm, 0.5) * 1000:.3f} ms", ""),
+        ("context (cache)", "build_context p99", f"{pct(warm, 0.99) * 1000:.3f} ms", "<= 1 ms"),
+        ("context (cold)", "build_context p50", f"{pct(cold, 0.5) * 1000:.2f} ms", ""),
+        ("context (cold)", "build_context p99", f"{pct(cold, 0.99) * 1000:.2f} ms", "<= 20 ms"),
+    ]
+
+
+async def memory_use(url: str) -> list[Row]:
+    from memory.store import NewMessage
+
+    manager, database = await build(url, cache_size=20_000)
+    store = manager.store
+    ids = []
+    text_bytes = 0
+    for i in range(10_000):
+        sid = (await manager.open(ChatKey("bench", f"mem-{i}"))).id
+        ids.append(sid)
+    batch: list[NewMessage] = []
+    for sid in ids:
+        for j in range(20):
+            text = f"short message {j} of {sid}"
+            batch.append(NewMessage(sid, Role.USER, text, 6))
+        if len(batch) >= 2000:
+            await store.append_messages(batch)
+            batch = []
+    if batch:
+        await store.append_messages(batch)
+    manager.cache.clear()
+    gc.collect()
+    before = rss_bytes()
+    for sid in ids:
+        entry = await manager._entry(sid)  # noqa: SLF001 - what the cache holds is the point
+        text_bytes += sum(sys.getsizeof(m.text) for m in entry.tail)
+    gc.collect()
+    after = rss_bytes()
+    per_session = (after - before - text_bytes) / len(ids)
+    cached = len(manager.cache)
+    await manager.close()
+    await database.dispose()
+    return [
+        ("memory", "RSS growth, 10,000 sessions", f"{(after - before) / 2**20:.1f} MiB", ""),
+        ("memory", "cached sessions", f"{cached:,}", ""),
+        ("memory", "bytes/session beyond text", f"{per_session:,.0f}", "<= 3,072"),
+    ]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sessions", type=int, default=100)
+    parser.add_argument("--messages", type=int, default=100)
+    parser.add_argument("--postgres", default=os.environ.get("TEST_DATABASE_URL", ""))
+    parser.add_argument("--only", choices=["ingest", "context", "memory"], default=None)
+    args = parser.parse_args()
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite+aiosqlite:///{tmp}/bench.db"
+        if args.only in (None, "ingest"):
+            rows += await ingest(url, args.sessions, args.messages, "sqlite")
+        if args.only in (None, "context"):
+            rows += await context(f"sqlite+aiosqlite:///{tmp}/ctx.db")
+        if args.only in (None, "memory"):
+            rows += await memory_use(f"sqlite+aiosqlite:///{tmp}/mem.db")
+    if args.postgres and args.only in (None, "ingest"):
+        from tests.conftest import reset_postgres
+
+        await reset_postgres(args.postgres)
+        rows += await ingest(args.postgres, args.sessions, args.messages, "postgresql")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, SQLite {__import__('sqlite3').sqlite_version}"
+    )
+    widths = [
+        max(len(r[i]) for r in [("case", "measure", "value", "target"), *rows]) for i in range(4)
+    ]
+    for row in [("case", "measure", "value", "target"), *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
