@@ -67,8 +67,9 @@ def build_context(
     allowance = int(budget / factor)
     newest = tail[-1].tokens + MESSAGE_OVERHEAD if tail else 0
     if system.tokens + newest > allowance:
+        what = "the newest message" if tail else "the system prompt"
         raise InvalidMessage(
-            "the newest message does not fit in this session's token budget "
+            f"{what} does not fit in this session's token budget "
             f"({budget:,} tokens); send a shorter message or raise the budget"
         )
     # Summaries are the stable prefix, but the budget wins: the oldest go first.

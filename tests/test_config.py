@@ -1,0 +1,139 @@
+"""Configuration: defaults, environment overrides, validation, secrets, run.py exits."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bots.config import DEFAULT_CONFIG, ConfigError, load_config, render_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "palaver.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_the_shipped_config_equals_the_built_in_defaults() -> None:
+    from_file = load_config(DEFAULT_CONFIG, environ={})
+    from bots.config import Config
+
+    defaults = Config()
+    assert from_file.model_dump(exclude={"palaver"}) == defaults.model_dump(exclude={"palaver"})
+    assert from_file.palaver.data_dir == ROOT / "data"
+
+
+def test_every_setting_is_in_config_toml_with_a_comment() -> None:
+    import tomllib
+
+    from bots.config import Config
+
+    shipped = tomllib.loads(DEFAULT_CONFIG.read_text())
+    for name, section in Config().model_dump().items():
+        assert name in shipped, f"[{name}] missing from config.toml"
+        assert set(section) == set(shipped[name]), f"[{name}] keys differ"
+    for line in DEFAULT_CONFIG.read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith("#") and "system_prompt" not in line:
+            assert "#" in line, f"no comment on: {line}"
+
+
+def test_environment_overrides_use_the_documented_scheme(tmp_path: Path) -> None:
+    path = write(tmp_path, "[memory]\ntoken_limit = 5000\n")
+    config = load_config(
+        path,
+        environ={
+            "PALAVER_MEMORY__TOKEN_LIMIT": "50000",
+            "PALAVER_ACCESS__ALLOWED_USERS": '["telegram:1", "2"]',
+            "PALAVER_DATABASE__URL": "postgresql+asyncpg://u:pw@db/x",
+            "PALAVER_AGENT__SYSTEM_PROMPT": "Be terse.",
+        },
+    )
+    assert config.memory.token_limit == 50000
+    assert config.access.allowed_users == ["telegram:1", "2"]
+    assert config.database_url == "postgresql+asyncpg://u:pw@db/x"
+    assert config.agent.system_prompt == "Be terse."
+
+
+def test_a_bad_value_names_key_value_and_what_is_allowed(tmp_path: Path) -> None:
+    path = write(tmp_path, "[memory]\nsummarize_threshold = 1.5\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    message = str(caught.value)
+    assert "memory.summarize_threshold = 1.5" in message
+    assert "less than 1" in message
+
+
+def test_bad_values_from_the_environment_and_unknown_keys(tmp_path: Path) -> None:
+    path = write(tmp_path, "")
+    with pytest.raises(ConfigError, match=r"memory.token_limit = 'lots'.*valid integer"):
+        load_config(path, environ={"PALAVER_MEMORY__TOKEN_LIMIT": "lots"})
+    with pytest.raises(ConfigError, match=r"memory.tokne_limit.*Extra inputs"):
+        load_config(write(tmp_path, "[memory]\ntokne_limit = 3\n"), environ={})
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "[memory\n"), environ={})
+    with pytest.raises(ConfigError, match="no such configuration file"):
+        load_config(tmp_path / "missing.toml", environ={})
+
+
+def test_secrets_come_only_from_the_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, '[agent]\nanthropic_api_key = "sk-in-file"\n')
+    with pytest.raises(ConfigError, match="secrets come only from the environment"):
+        load_config(path, environ={})
+    config = load_config(write(tmp_path, ""), environ={"ANTHROPIC_API_KEY": "sk-ant-secret-1"})
+    assert config.secrets.anthropic_api_key is not None
+    assert config.secrets.anthropic_api_key.get_secret_value() == "sk-ant-secret-1"
+    assert "sk-ant-secret-1" not in repr(config)
+
+
+def test_check_config_masks_secrets_and_database_passwords(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "ANTHROPIC_API_KEY": "sk-ant-very-secret",
+        "TELEGRAM_BOT_TOKEN": "123:telegram-secret",
+        "PALAVER_DATABASE__URL": "postgresql+asyncpg://palaver:hunter2@db.example/x",
+    }
+    done = subprocess.run(
+        [sys.executable, "run.py", "--config", str(write(tmp_path, "")), "check-config"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "sk-ant-very-secret" not in out and "telegram-secret" not in out
+    assert "hunter2" not in out
+    assert "# ANTHROPIC_API_KEY = ****** (set)" in out
+    assert "# DISCORD_BOT_TOKEN = (not set)" in out
+    assert "token_limit = 100000" in out
+
+
+def test_render_config_round_trips_as_toml(tmp_path: Path) -> None:
+    import tomllib
+
+    config = load_config(write(tmp_path, ""), environ={})
+    parsed = tomllib.loads(render_config(config))
+    assert parsed["memory"]["summarize_threshold"] == 0.7
+
+
+def test_run_exits_non_zero_on_bad_config_before_touching_anything(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    path = write(tmp_path, f'[palaver]\ndata_dir = "{data_dir}"\n[memory]\ntoken_limit = -1\n')
+    done = subprocess.run(
+        [sys.executable, "run.py", "--config", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 2
+    assert "memory.token_limit = -1" in done.stderr
+    assert not data_dir.exists(), "nothing may be created when the config is bad"

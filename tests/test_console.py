@@ -1,0 +1,66 @@
+"""The console, end to end: `python run.py console` in a subprocess, typed at."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_console(tmp_path: Path, lines: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+    config = tmp_path / "palaver.toml"
+    config.write_text(f'[palaver]\ndata_dir = "{tmp_path / "data"}"\nlog_level = "WARNING"\n')
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PALAVER_")}
+    for name in ("ANTHROPIC_API_KEY", "TELEGRAM_BOT_TOKEN", "DISCORD_BOT_TOKEN"):
+        environ.pop(name, None)
+    environ.update(env)
+    return subprocess.run(
+        [sys.executable, "run.py", "--config", str(config), "console"],
+        cwd=ROOT,
+        input="\n".join(lines) + "\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=environ,
+    )
+
+
+def test_a_newcomer_sees_the_offline_agent_and_the_hint(tmp_path: Path) -> None:
+    done = run_console(tmp_path, ["Hello, I am Ada and my order is 4417"])
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "ANTHROPIC_API_KEY   not set" in out
+    assert "TELEGRAM_BOT_TOKEN  set it to serve a Telegram bot" in out
+    assert "No model is configured" in out
+    assert 'You said: "Hello, I am Ada and my order is 4417"' in out
+    assert (tmp_path / "data" / "palaver.db").exists()
+
+
+def test_status_summary_and_reset_through_the_console(tmp_path: Path) -> None:
+    chatter = [
+        f"Note {i}: the ticket PAL-{100 + i} belongs to Grace, due day {i}" for i in range(40)
+    ]
+    done = run_console(
+        tmp_path,
+        [*chatter, "/status", "/summary", "/reset", "/status", "/nonsense"],
+        PALAVER_MEMORY__TOKEN_LIMIT="2000",
+        PALAVER_MEMORY__SUMMARY_MAX_TOKENS="200",
+        PALAVER_MEMORY__MAX_MESSAGE_TOKENS="500",
+        PALAVER_RATE_LIMIT__BURST="100",
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    after_status = out.partition("Session #1 (active)")[2]
+    first_status, _, after_reset = after_status.partition("Started a fresh conversation")
+    assert "Messages: 80; summaries: " in first_status
+    assert "summaries: none yet" not in first_status
+    summary = first_status
+    assert "Messages 1-" in summary  # the folded range
+    assert "extractive; no model was used" in summary
+    assert "PAL-100" in summary and "Grace" in summary  # identifiers and names kept
+    assert "Session #2 (active)" in after_reset
+    assert "Messages: 0; summaries: none yet" in after_reset
+    assert "Unknown command /nonsense. Send /help" in after_reset
