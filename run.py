@@ -11,26 +11,52 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from pathlib import Path
 
 from bots.app import Palaver
 from bots.config import Config, ConfigError, load_config, render_config
 from bots.console import Console
+from bots.interface import Interface
 from memory.errors import PalaverError
 
 
 async def serve(config: Config, *, console_only: bool) -> int:
+    """Start the application and its interfaces in this loop; stop on SIGINT/SIGTERM."""
     app = Palaver(config)
     try:
         await app.start()
     except PalaverError as error:
         print(f"palaver: cannot start: {error}", file=sys.stderr)
         return 1
+    interfaces: list[Interface] = [] if console_only else app.build_interfaces()
+    started: list[Interface] = []
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
     try:
-        print(app.startup_hint(), flush=True)
-        await Console(app.turn, app.commands).run()
+        for interface in interfaces:
+            await interface.start()
+            started.append(interface)
+            print(f"palaver: {interface.name} is up", flush=True)
+        if not started:
+            print(app.startup_hint(), flush=True)
+            console = asyncio.create_task(Console(app.turn, app.commands).run())
+            waiter = asyncio.create_task(stop.wait())
+            await asyncio.wait({console, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (console, waiter):
+                task.cancel()
+        else:
+            await stop.wait()
+            print("palaver: stopping", flush=True)
+    except PalaverError as error:
+        print(f"palaver: cannot start: {error}", file=sys.stderr)
+        return 1
     finally:
+        for interface in reversed(started):
+            await interface.stop(config.palaver.shutdown_grace_s)
         await app.stop()
     return 0
 

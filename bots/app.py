@@ -15,6 +15,7 @@ from agents.offline import OfflineAgent
 from bots.access import AccessPolicy
 from bots.commands import Commands
 from bots.config import Config
+from bots.interface import Interface
 from bots.ratelimit import RateLimiter
 from bots.turn import Turn
 from memory.database import Database, migrate, open_database
@@ -91,6 +92,11 @@ class Palaver:
             await wiring.manager.close()
         finally:
             await wiring.database.dispose()
+
+    def build_interfaces(self) -> list[Interface]:
+        """The bots whose tokens are set, built but not started."""
+        interfaces: list[Interface] = []
+        return interfaces
 
     def startup_hint(self) -> str:
         secrets = self.config.secrets

@@ -37,6 +37,7 @@ class _Section(BaseModel):
 class PalaverSettings(_Section):
     data_dir: Path = Path("data")
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    shutdown_grace_s: float = Field(10.0, ge=0, le=600)
 
 
 class AgentSettings(_Section):
