@@ -18,7 +18,6 @@ import asyncio
 import gc
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -26,12 +25,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from memory.database import Database, migrate, open_database  # noqa: E402
-from memory.manager import SessionManager  # noqa: E402
-from memory.settings import DatabaseSettings, MemorySettings  # noqa: E402
-from memory.store import Store  # noqa: E402
-from memory.tokens import TokenCounter  # noqa: E402
-from memory.types import ChatKey, Role  # noqa: E402
+from memory.database import Database, migrate, open_database
+from memory.manager import SessionManager
+from memory.settings import DatabaseSettings, MemorySettings
+from memory.store import Store
+from memory.tokens import TokenCounter
+from memory.types import ChatKey, Role
 
 Row = tuple[str, str, str, str]
 
@@ -49,7 +48,7 @@ def rss_bytes() -> int:
 async def build(url: str, **settings: object) -> tuple[SessionManager, Database]:
     database = open_database(url, DatabaseSettings())
     await migrate(database)
-    manager = SessionManager(Store(database), TokenCounter(), MemorySettings(**settings))  # type: ignore[arg-type]
+    manager = SessionManager(Store(database), TokenCounter(), MemorySettings(**settings))
     await manager.start()
     return manager, database
 
@@ -167,7 +166,7 @@ async def memory_use(url: str) -> list[Row]:
     gc.collect()
     before = rss_bytes()
     for sid in ids:
-        entry = await manager._entry(sid)  # noqa: SLF001 - what the cache holds is the point
+        entry = await manager._entry(sid)
         text_bytes += sum(sys.getsizeof(m.text) for m in entry.tail)
     gc.collect()
     after = rss_bytes()

@@ -11,9 +11,9 @@ from bots.access import AccessPolicy, Actor
 from bots.config import AccessSettings, AgentSettings, RateLimitSettings
 from bots.ratelimit import RateLimiter
 from bots.turn import Incoming, Outcome, Turn
-from memory.context import MESSAGE_OVERHEAD
 from memory.manager import SessionManager
 from memory.summarizer import SummaryInput, SummaryText
+from memory.tokens import MESSAGE_OVERHEAD
 from memory.types import ChatKey, Role
 from tests.conftest import ManagerFactory
 
