@@ -24,5 +24,9 @@ class ProjectNotFound(PalaverError):
     """No project with that name exists."""
 
 
+class ProjectExists(PalaverError):
+    """A project with that name exists already."""
+
+
 class StoreUnavailable(PalaverError):
     """The database is locked, down or unreachable; nothing was written."""

@@ -14,7 +14,7 @@ import logging
 import time
 import weakref
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from memory.cache import CachedSession, SessionCache, carried_block
@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 
 # Above this size, token counting moves off the event loop.
 _COUNT_IN_THREAD_CHARS = 20_000
+# Pending calibration samples are stored at most this often.
+_CALIBRATION_FLUSH_S = 30.0
+# A user's spend today is re-read from the database at most this often.
+_SPEND_REFRESH_S = 30.0
 
 
 class SessionManager:
@@ -64,10 +68,17 @@ class SessionManager:
         self._summarizing: dict[int, asyncio.Task[None]] = {}
         # Sessions being loaded into the cache -> newest version seen meanwhile.
         self._loading: dict[int, int] = {}
+        # Calibration: totals per model (stored + pending) and what is not stored yet.
+        self._calibration: dict[str, tuple[int, int]] = {}
+        self._calibration_pending: dict[str, tuple[int, int]] = {}
+        self._calibration_flush: asyncio.Task[None] | None = None
+        # Spend per user today: (UTC day, USD, monotonic time read from the database).
+        self._spend: dict[str, tuple[datetime, float, float]] = {}
 
     async def start(self) -> None:
         """Load the per-model token calibration."""
         for model, (estimated, reported) in (await self.store.load_calibration()).items():
+            self._calibration[model] = (estimated, reported)
             if estimated:
                 self.tokens.set_factor(model, reported / estimated)
 
@@ -75,6 +86,10 @@ class SessionManager:
         """Finish pending writes and background summaries."""
         await self._writer.drain()
         await self.wait_for_summaries()
+        if self._calibration_flush is not None:
+            self._calibration_flush.cancel()
+            await asyncio.gather(self._calibration_flush, return_exceptions=True)
+        await self.flush_calibration()
 
     # -- sessions -------------------------------------------------------------------
 
@@ -102,6 +117,15 @@ class SessionManager:
             and session.last_activity_at + expire_after > utcnow()
         ):
             return session
+        if (
+            session is not None
+            and self.settings.carry_closing_summary
+            and session.closing_summary is None
+            and session.status is not SessionStatus.ENDED
+        ):
+            # Stale but never finalized (the job did not run in time): its memory is
+            # carried all the same.
+            await self._write_closing_summary(session.id)
         return await self.store.open_session(
             key,
             expire_after=expire_after,
@@ -161,6 +185,7 @@ class SessionManager:
         platform_message_id: str | None = None,
         metadata: dict[str, Any] | None = None,
         usage: Usage | None = None,
+        billed_to: str | None = None,
     ) -> StoredMessage:
         """Store one message, durably, before returning it.
 
@@ -198,8 +223,32 @@ class SessionManager:
             platform_message_id=None if platform_message_id is None else str(platform_message_id),
             metadata=metadata,
             usage=usage,
+            billed_to=billed_to,
         )
-        return await self._writer.submit(item)
+        stored = await self._writer.submit(item)
+        if billed_to is not None and usage is not None and not stored.duplicate:
+            cached = self._spend.get(billed_to)
+            if cached is not None:
+                self._spend[billed_to] = (cached[0], cached[1] + usage.cost_usd, cached[2])
+        return stored
+
+    async def spent_today(self, billed_to: str) -> float:
+        """USD charged to ``billed_to`` since midnight UTC.
+
+        Read from the database at most every ``_SPEND_REFRESH_S`` seconds per user
+        (so spend by other processes shows within that time), plus this process's own
+        spend as it happens.
+        """
+        day = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
+        cached = self._spend.get(billed_to)
+        now = time.monotonic()
+        if cached is not None and cached[0] == day and now - cached[2] < _SPEND_REFRESH_S:
+            return cached[1]
+        spent = await self.store.spend(billed_to=billed_to, since=day)
+        if len(self._spend) > 10_000:
+            self._spend.clear()
+        self._spend[billed_to] = (day, spent, now)
+        return spent
 
     @staticmethod
     def _role(role: Role | str) -> Role:
@@ -349,15 +398,42 @@ class SessionManager:
         delta = await self.store.record_event(session_id, "error", name, detail)
         self._apply(delta, lambda entry: None)
 
-    async def record_calibration(self, model: str, estimated: int, reported: int) -> float:
-        """Feed one (estimated, API-reported) input token pair; returns the new factor."""
+    def note_calibration(self, model: str, estimated: int, reported: int) -> float:
+        """Feed one (estimated, API-reported) input token pair; returns the new factor.
+
+        Called every turn, so it only adds in memory; the totals reach the database
+        in the background at most every ``_CALIBRATION_FLUSH_S`` seconds and on close.
+        """
         if estimated <= 0 or reported <= 0:
             return self.tokens.factor(model)
-        total_estimated, total_reported = await self.store.add_calibration(
-            model, estimated, reported
-        )
-        self.tokens.set_factor(model, total_reported / total_estimated)
+        est, rep = self._calibration.get(model, (0, 0))
+        self._calibration[model] = (est + estimated, rep + reported)
+        pest, prep = self._calibration_pending.get(model, (0, 0))
+        self._calibration_pending[model] = (pest + estimated, prep + reported)
+        self.tokens.set_factor(model, (rep + reported) / (est + estimated))
+        if self._calibration_flush is None:
+            self._calibration_flush = asyncio.create_task(self._flush_soon())
         return self.tokens.factor(model)
+
+    async def record_calibration(self, model: str, estimated: int, reported: int) -> float:
+        """Like note_calibration, but stored before it returns."""
+        factor = self.note_calibration(model, estimated, reported)
+        await self.flush_calibration()
+        return factor
+
+    async def _flush_soon(self) -> None:
+        try:
+            await asyncio.sleep(_CALIBRATION_FLUSH_S)
+            await self.flush_calibration()
+        except PalaverError as error:
+            log.warning("could not store the token calibration: %s", error)
+        finally:
+            self._calibration_flush = None
+
+    async def flush_calibration(self) -> None:
+        pending, self._calibration_pending = self._calibration_pending, {}
+        for model, (estimated, reported) in pending.items():
+            await self.store.add_calibration(model, estimated, reported)
 
     # -- stats ----------------------------------------------------------------------
 
@@ -463,6 +539,7 @@ class SessionManager:
                 if await self.fold(session_id) is None:
                     break
             await self.merge_if_needed(session_id, token_limit=limit)
+            await self.upgrade_fallbacks(session_id)
         except PalaverError as error:
             log.warning("summarization of session %s failed: %s", session_id, error)
         except Exception:
@@ -574,22 +651,62 @@ class SessionManager:
         self.cache.drop(session_id)
         return None if written is None else written[0]
 
+    async def upgrade_fallbacks(self, session_id: int) -> int:
+        """Rewrite summaries the extractive fallback wrote, now that the model summarizer
+        answers again. Returns how many were rewritten."""
+        if self.summarizer is self.extractive or not getattr(self.summarizer, "available", True):
+            return 0
+        upgraded = 0
+        for record in await self.store.summaries(session_id):
+            if not record.fallback:
+                continue
+            originals = await self.store.messages(
+                session_id, after=record.first_seq - 1, through=record.last_seq
+            )
+            inputs = [SummaryInput(m.seq, m.role, m.text, m.author_name) for m in originals]
+            if not inputs:
+                continue
+            try:
+                result = await self.summarizer.summarize(inputs, self.settings.summary_max_tokens)
+            except Exception as error:
+                log.info("summary %s stays extractive for now: %r", record.id, error)
+                break
+            text, tokens = self._bounded(result.text)
+            delta = await self.store.replace_summary(
+                record.id, text=text, token_count=tokens, summarizer=result.summarizer
+            )
+            if delta is not None:
+                self._apply(delta, None)
+                upgraded += 1
+        return upgraded
+
     # -- lifecycle ------------------------------------------------------------------
 
     async def finalize_idle(self) -> int:
         """Active sessions quiet for ``idle_after`` become idle; idle ones get a
-        closing summary and become finalized. Returns how many were finalized."""
+        closing summary and become finalized. Returns how many were finalized.
+
+        A session that receives a message while its closing summary is written is
+        left active: the summary would miss that message.
+        """
         now = utcnow()
         await self.store.mark_idle(now - timedelta(seconds=self.settings.idle_after_s))
         done = 0
         for session in await self.store.list_sessions(status=SessionStatus.IDLE, limit=500):
             closing = await self.closing_summary(session.id)
-            delta = await self.store.set_status(
-                session.id, SessionStatus.FINALIZED, closing_summary=closing
+            delta = await self.store.finalize(
+                session.id, expected_version=session.version, closing_summary=closing
             )
-            self._apply(delta, None)
-            done += 1
+            if delta is not None:
+                self._apply(delta, None)
+                done += 1
         return done
+
+    async def _write_closing_summary(self, session_id: int) -> None:
+        closing = await self.closing_summary(session_id)
+        if closing:
+            await self.store.set_closing_summary(session_id, closing)
+            self.cache.drop(session_id)
 
     async def closing_summary(self, session_id: int) -> str | None:
         entry = await self._entry(session_id)
@@ -612,6 +729,10 @@ class SessionManager:
         ids = await self.store.expire(utcnow() - timedelta(seconds=self.settings.expire_after_s))
         for sid in ids:
             self.cache.drop(sid)
+            if self.settings.carry_closing_summary:
+                info = await self.store.get_session(sid)
+                if info.closing_summary is None and info.message_count:
+                    await self._write_closing_summary(sid)
         return len(ids)
 
     async def delete_expired(self) -> int:

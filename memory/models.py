@@ -76,6 +76,8 @@ class SessionRow(Base):
         Index("ix_sessions_chat_ref", "chat_ref"),
         Index("ix_sessions_project", "project_id"),
         Index("ix_sessions_interface", "interface"),
+        # Ids are shown to users and cached by other processes: never reuse one.
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -117,6 +119,7 @@ class MessageRow(Base):
     __table_args__ = (
         # The idempotency key: a platform message id is unique within its chat.
         UniqueConstraint("chat_ref", "platform_message_id", name="uq_messages_platform_id"),
+        Index("ix_messages_billed_to_created", "billed_to", "created_at"),
     )
 
     session_id: Mapped[int] = mapped_column(
@@ -137,6 +140,8 @@ class MessageRow(Base):
     cache_read_tokens: Mapped[int | None] = mapped_column(Integer)
     cache_write_tokens: Mapped[int | None] = mapped_column(Integer)
     cost_usd: Mapped[float | None] = mapped_column(Float)
+    # Who a model reply is charged to ("telegram:123"): spend per user and per day.
+    billed_to: Mapped[str | None] = mapped_column(String(120))
 
 
 class SummaryRow(Base):

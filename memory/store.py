@@ -14,14 +14,25 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, Table, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    Select,
+    String,
+    Table,
+    case,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from memory.database import Database, translate_errors
-from memory.errors import ProjectNotFound, SessionNotFound
+from memory.errors import ProjectExists, ProjectNotFound, SessionNotFound
 from memory.models import (
     ChatBindingRow,
     EventRow,
@@ -84,6 +95,7 @@ class NewMessage:
     platform_message_id: str | None = None
     metadata: dict[str, Any] | None = None
     usage: Usage | None = None
+    billed_to: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +227,7 @@ _MESSAGE_COLUMNS = (
     "cache_read_tokens",
     "cache_write_tokens",
     "cost_usd",
+    "billed_to",
 )
 
 
@@ -325,6 +338,7 @@ class _BulkAppend:
             None if u is None else u.cache_read_tokens,
             None if u is None else u.cache_write_tokens,
             None if u is None else u.cost_usd,
+            item.billed_to,
         )
 
 
@@ -371,6 +385,30 @@ class Store:
         token_limit: int | None = None,
         workdir: str | None = None,
         settings: dict[str, Any] | None = None,
+    ) -> Project:
+        try:
+            return await self._create_project(
+                name,
+                agent_kind=agent_kind,
+                model=model,
+                system_prompt=system_prompt,
+                token_limit=token_limit,
+                workdir=workdir,
+                settings=settings,
+            )
+        except IntegrityError:
+            raise ProjectExists(f"a project named {name!r} already exists") from None
+
+    async def _create_project(
+        self,
+        name: str,
+        *,
+        agent_kind: str,
+        model: str | None,
+        system_prompt: str | None,
+        token_limit: int | None,
+        workdir: str | None,
+        settings: dict[str, Any] | None,
     ) -> Project:
         async with translate_errors(), self.db.writer.begin() as conn:
             result = await conn.execute(
@@ -450,37 +488,29 @@ class Store:
         return session_info(row)
 
     async def current_session(self, key: ChatKey) -> tuple[SessionInfo | None, int | None]:
-        """The chat's current session (project or private) and its active project id."""
+        """The chat's current session (project or private) and its active project id.
+
+        One round trip: this runs at the start of every turn.
+        """
+        current = case(
+            (bindings.c.active_project_id.is_not(None), projects.c.current_session_id),
+            else_=bindings.c.current_session_id,
+        )
+        query = (
+            select(bindings.c.active_project_id.label("bound_project_id"), sessions)
+            .select_from(
+                bindings.outerjoin(
+                    projects, projects.c.id == bindings.c.active_project_id
+                ).outerjoin(sessions, sessions.c.id == current)
+            )
+            .where(bindings.c.chat_ref == key.ref)
+        )
         async with translate_errors(), self.db.reader.connect() as conn:
-            binding = (
-                (
-                    await conn.execute(
-                        select(
-                            bindings.c.current_session_id,
-                            bindings.c.active_project_id,
-                            projects.c.current_session_id.label("project_session_id"),
-                        )
-                        .select_from(bindings.outerjoin(projects))
-                        .where(bindings.c.chat_ref == key.ref)
-                    )
-                )
-                .mappings()
-                .first()
-            )
-            if binding is None:
-                return None, None
-            project_id = binding["active_project_id"]
-            session_id = (
-                binding["project_session_id"] if project_id else binding["current_session_id"]
-            )
-            if session_id is None:
-                return None, project_id
-            row = (
-                (await conn.execute(select(sessions).where(sessions.c.id == session_id)))
-                .mappings()
-                .first()
-            )
-        return (session_info(row) if row else None), project_id
+            row = (await conn.execute(query)).mappings().first()
+        if row is None:
+            return None, None
+        project_id = row["bound_project_id"]
+        return (session_info(row) if row["id"] is not None else None), project_id
 
     async def open_session(
         self, key: ChatKey, *, expire_after: timedelta, carry_summary: bool, force_new: bool
@@ -987,6 +1017,44 @@ class Store:
             await self._event(conn, session_id, "lifecycle", status.value, None)
             return await self._bump(conn, row, **values)
 
+    async def finalize(
+        self, session_id: int, *, expected_version: int, closing_summary: str | None
+    ) -> SessionDelta | None:
+        """Idle -> finalized with its closing summary, unless the session changed since
+        ``expected_version`` (a message arrived while the summary was written)."""
+        now = utcnow()
+        async with translate_errors(), self.db.writer.begin() as conn:
+            done = (
+                await conn.execute(
+                    update(sessions)
+                    .where(
+                        sessions.c.id == session_id,
+                        sessions.c.version == expected_version,
+                        sessions.c.status == SessionStatus.IDLE,
+                    )
+                    .values(
+                        status=SessionStatus.FINALIZED,
+                        finalized_at=now,
+                        closing_summary=closing_summary,
+                        version=sessions.c.version + 1,
+                    )
+                    .returning(sessions.c.id)
+                )
+            ).first()
+            if done is None:
+                return None
+            await self._event(conn, session_id, "lifecycle", "finalized", None)
+            return SessionDelta(session_id, expected_version, expected_version + 1)
+
+    async def set_closing_summary(self, session_id: int, text: str) -> None:
+        """Give a session that ended without one its closing summary (first one wins)."""
+        async with translate_errors(), self.db.writer.begin() as conn:
+            await conn.execute(
+                update(sessions)
+                .where(sessions.c.id == session_id, sessions.c.closing_summary.is_(None))
+                .values(closing_summary=text, version=sessions.c.version + 1)
+            )
+
     async def mark_idle(self, inactive_since: datetime) -> list[int]:
         """Active sessions with no activity since ``inactive_since`` become idle."""
         async with translate_errors(), self.db.writer.begin() as conn:
@@ -1060,6 +1128,72 @@ class Store:
             return len(ids)
 
     # -- stats, calibration, job runs ----------------------------------------------
+
+    async def spend(self, *, billed_to: str, since: datetime) -> float:
+        """USD charged to ``billed_to`` since ``since`` (indexed: billed_to, created_at)."""
+        query = select(func.coalesce(func.sum(messages.c.cost_usd), 0.0)).where(
+            messages.c.billed_to == billed_to, messages.c.created_at >= since
+        )
+        async with translate_errors(), self.db.reader.connect() as conn:
+            return float((await conn.execute(query)).scalar_one())
+
+    async def usage_totals(self, by: str, *, since: datetime | None = None) -> dict[str, Usage]:
+        """Reported usage and cost grouped by "user", "session", "project" or "day"."""
+        m = messages.c
+        keys: dict[str, Any] = {
+            "user": m.billed_to,
+            "session": m.session_id,
+            "project": sessions.c.project_id,
+            "day": func.substr(func.cast(m.created_at, String), 1, 10),
+        }
+        if by not in keys:
+            raise ValueError(f"usage totals by {by!r}; expected one of {', '.join(keys)}")
+        key = keys[by]
+        query = (
+            select(
+                key,
+                func.coalesce(func.sum(m.input_tokens), 0),
+                func.coalesce(func.sum(m.output_tokens), 0),
+                func.coalesce(func.sum(m.cache_read_tokens), 0),
+                func.coalesce(func.sum(m.cache_write_tokens), 0),
+                func.coalesce(func.sum(m.cost_usd), 0.0),
+            )
+            .select_from(messages.join(sessions, sessions.c.id == m.session_id))
+            .where(m.output_tokens.is_not(None))
+            .group_by(key)
+        )
+        if since is not None:
+            query = query.where(m.created_at >= since)
+        async with translate_errors(), self.db.reader.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return {
+            str(row[0]): Usage(int(row[1]), int(row[2]), int(row[3]), int(row[4]), float(row[5]))
+            for row in rows
+        }
+
+    async def replace_summary(
+        self, summary_id: int, *, text: str, token_count: int, summarizer: str
+    ) -> SessionDelta | None:
+        """Rewrite a fallback summary's text (same range); None if it is gone."""
+        async with translate_errors(), self.db.writer.begin() as conn:
+            old = (
+                (await conn.execute(select(summaries).where(summaries.c.id == summary_id)))
+                .mappings()
+                .first()
+            )
+            if old is None or old["superseded_by"] is not None:
+                return None
+            row = await self._lock_session(conn, old["session_id"])
+            await conn.execute(
+                update(summaries)
+                .where(summaries.c.id == summary_id)
+                .values(text=text, token_count=token_count, summarizer=summarizer, fallback=False)
+            )
+            return await self._bump(
+                conn,
+                row,
+                summary_tokens=max(0, row["summary_tokens"] - old["token_count"]) + token_count,
+            )
 
     async def global_stats(self) -> dict[str, Any]:
         c = sessions.c

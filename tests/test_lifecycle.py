@@ -1,0 +1,295 @@
+"""Session lifecycle through the manager: active -> idle -> finalized -> expired ->
+deleted, /reset, and what the next message does at each stage."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+
+from memory.cache import carried_block
+from memory.errors import SessionNotFound
+from memory.manager import SessionManager
+from memory.store import sessions, utcnow
+from memory.summarizer import SummaryInput, SummaryText
+from memory.types import ChatKey, Role, SessionStatus
+from tests.conftest import ManagerFactory
+
+KEY = ChatKey("telegram", "42")
+OTHER = ChatKey("discord", "9")
+
+
+async def set_columns(manager: SessionManager, sid: int, **values: Any) -> None:
+    async with manager.store.db.writer.begin() as conn:
+        await conn.execute(update(sessions).where(sessions.c.id == sid).values(**values))
+
+
+async def quiet_for(manager: SessionManager, sid: int, seconds: float) -> None:
+    await set_columns(manager, sid, last_activity_at=utcnow() - timedelta(seconds=seconds))
+
+
+async def talk(manager: SessionManager, sid: int, lines: Sequence[str]) -> None:
+    for i, line in enumerate(lines):
+        await manager.add_message(sid, Role.USER if i % 2 == 0 else Role.ASSISTANT, line)
+
+
+class EchoSummarizer:
+    """Deterministic: names the seqs it covered; can be held mid-summary."""
+
+    name = "echo"
+
+    def __init__(self) -> None:
+        self.hold = False
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def summarize(self, messages: Sequence[SummaryInput], max_tokens: int) -> SummaryText:
+        self.started.set()
+        if self.hold:
+            await self.release.wait()
+        return SummaryText("covered " + ",".join(f"{m.seq}:{m.text}" for m in messages), self.name)
+
+    async def merge(self, summaries: Sequence[str], max_tokens: int) -> SummaryText:
+        return SummaryText(" | ".join(summaries), self.name)
+
+
+async def test_finalize_idle_moves_quiet_sessions_to_finalized_with_a_closing_summary(
+    make_manager: ManagerFactory,
+) -> None:
+    manager = await make_manager(summarizer=EchoSummarizer())
+    quiet = await manager.open(KEY)
+    busy = await manager.open(OTHER)
+    empty = await manager.open(ChatKey("console", "local"))
+    await talk(manager, quiet.id, ["my name is Ann", "hello Ann", "remember 31337"])
+    await talk(manager, busy.id, ["still here"])
+    idle_after = manager.settings.idle_after_s
+    await quiet_for(manager, quiet.id, idle_after + 60)
+    await quiet_for(manager, empty.id, idle_after + 60)
+    await quiet_for(manager, busy.id, idle_after - 60)
+
+    assert await manager.finalize_idle() == 2
+    done = await manager.get(quiet.id)
+    assert done.status is SessionStatus.FINALIZED
+    assert done.closing_summary == "covered 1:my name is Ann,2:hello Ann,3:remember 31337"
+    assert done.ended_at is None
+    nothing = await manager.get(empty.id)
+    assert (nothing.status, nothing.closing_summary) == (SessionStatus.FINALIZED, None)
+    assert (await manager.get(busy.id)).status is SessionStatus.ACTIVE
+    names = [e["name"] for e in await manager.store.events(quiet.id, "lifecycle")]
+    assert names == ["created", "finalized"]
+    # Finalized sessions are not finalized again.
+    assert await manager.finalize_idle() == 0
+    # Messages are untouched by finalization.
+    assert [m.seq for m in await manager.messages(quiet.id)] == [1, 2, 3]
+
+
+async def test_idle_session_is_finalized_and_closing_summary_includes_summaries(
+    make_manager: ManagerFactory,
+) -> None:
+    manager = await make_manager(summarizer=EchoSummarizer())
+    session = await manager.open(KEY)
+    await talk(manager, session.id, [f"line {i}" for i in range(20)])
+    record = await manager.fold(session.id)
+    assert record is not None and (record.first_seq, record.last_seq) == (1, 14)
+    await manager.store.mark_idle(utcnow() + timedelta(seconds=1))
+    assert (await manager.get(session.id)).status is SessionStatus.IDLE
+    assert await manager.finalize_idle() == 1
+    closing = (await manager.get(session.id)).closing_summary
+    folded = "covered " + ",".join(f"{i + 1}:line {i}" for i in range(14))
+    tail = "covered " + ",".join(f"{i + 1}:line {i}" for i in range(14, 20))
+    assert closing == f"{folded} | {tail}"
+
+
+async def test_expire_then_open_starts_a_new_session_carrying_the_closing_summary(
+    make_manager: ManagerFactory,
+) -> None:
+    manager = await make_manager(summarizer=EchoSummarizer())
+    old = await manager.open(KEY)
+    await talk(manager, old.id, ["the code word is heron", "noted"])
+    await quiet_for(manager, old.id, manager.settings.idle_after_s + 60)
+    assert await manager.finalize_idle() == 1
+    closing = (await manager.get(old.id)).closing_summary
+    assert closing == "covered 1:the code word is heron,2:noted"
+    # Not yet expired: still finalized; after expire_after, expired.
+    assert await manager.expire_sessions() == 0
+    await quiet_for(manager, old.id, manager.settings.expire_after_s + 60)
+    assert await manager.expire_sessions() == 1
+    expired = await manager.get(old.id)
+    assert expired.status is SessionStatus.EXPIRED and expired.ended_at is not None
+    assert await manager.expire_sessions() == 0
+
+    new = await manager.open(KEY)
+    assert new.id != old.id
+    assert (new.status, new.message_count, new.carried_summary) == (
+        SessionStatus.ACTIVE,
+        0,
+        closing,
+    )
+    assert (await manager.open(KEY)).id == new.id
+    await manager.add_message(new.id, Role.USER, "what was the code word?")
+    context = await manager.build_context(new.id, system_prompt="sys")
+    assert context.summaries == (carried_block(closing),)
+    assert [m.text for m in context.messages] == ["what was the code word?"]
+    # The carried summary stays first once the new session has summaries of its own.
+    await talk(manager, new.id, [f"more {i}" for i in range(20)])
+    assert await manager.fold(new.id) is not None
+    context = await manager.build_context(new.id)
+    assert context.summaries[0] == carried_block(closing)
+    assert context.summaries[1].startswith("covered 1:what was the code word?,2:more 0")
+    assert len(context.summaries) == 2
+    # The old session is still there, unchanged, for export.
+    assert [m.text for m in await manager.messages(old.id)] == ["the code word is heron", "noted"]
+
+
+async def test_carry_closing_summary_can_be_turned_off(make_manager: ManagerFactory) -> None:
+    manager = await make_manager(summarizer=EchoSummarizer(), carry_closing_summary=False)
+    old = await manager.open(KEY)
+    await talk(manager, old.id, ["hello"])
+    await quiet_for(manager, old.id, manager.settings.idle_after_s + 60)
+    await manager.finalize_idle()
+    await quiet_for(manager, old.id, manager.settings.expire_after_s + 60)
+    new = await manager.open(KEY)
+    assert new.id != old.id and new.carried_summary is None
+    assert (await manager.get(old.id)).status is SessionStatus.EXPIRED
+
+
+async def test_open_past_expiry_expires_even_before_the_job_runs(
+    make_manager: ManagerFactory,
+) -> None:
+    manager = await make_manager(summarizer=EchoSummarizer())
+    old = await manager.open(KEY)
+    await talk(manager, old.id, ["hi"])
+    await manager.finalize_idle()  # nothing idle yet
+    await manager.store.mark_idle(utcnow() + timedelta(seconds=1))
+    assert await manager.finalize_idle() == 1
+    await quiet_for(manager, old.id, manager.settings.expire_after_s + 60)
+    new = await manager.open(KEY)  # no expire_sessions() in between
+    assert new.id != old.id
+    assert new.carried_summary == "covered 1:hi"
+    assert (await manager.get(old.id)).status is SessionStatus.EXPIRED
+
+
+async def test_unfinalized_stale_session_still_carries_its_memory(
+    make_manager: ManagerFactory,
+) -> None:
+    manager = await make_manager(summarizer=EchoSummarizer())
+    old = await manager.open(KEY)
+    await talk(manager, old.id, ["the code word is heron"])
+    await quiet_for(manager, old.id, manager.settings.expire_after_s + 60)
+    new = await manager.open(KEY)
+    assert new.id != old.id
+    assert new.carried_summary is not None and "heron" in new.carried_summary
+
+
+async def test_message_to_a_finalized_session_continues_it(make_manager: ManagerFactory) -> None:
+    manager = await make_manager(summarizer=EchoSummarizer())
+    session = await manager.open(KEY)
+    await talk(manager, session.id, ["first"])
+    await quiet_for(manager, session.id, manager.settings.idle_after_s + 60)
+    assert await manager.finalize_idle() == 1
+    assert (await manager.get(session.id)).status is SessionStatus.FINALIZED
+
+    again = await manager.open(KEY)
+    assert again.id == session.id
+    stored = await manager.add_message(session.id, Role.USER, "second")
+    assert stored.seq == 2
+    info = await manager.get(session.id)
+    assert info.status is SessionStatus.ACTIVE
+    assert info.last_activity_at > utcnow() - timedelta(minutes=1)
+    assert info.message_count == 2
+    context = await manager.build_context(session.id)
+    assert [m.text for m in context.messages] == ["first\n\nsecond"]
+    # Active again: a recent session is neither finalized nor expired.
+    assert await manager.finalize_idle() == 0
+    assert await manager.expire_sessions() == 0
+
+
+async def test_reset_keeps_the_old_session_until_retention_ends(
+    make_manager: ManagerFactory,
+) -> None:
+    manager = await make_manager(summarizer=EchoSummarizer())
+    old = await manager.open(KEY)
+    await talk(manager, old.id, ["keep", "this"])
+    await manager.build_context(old.id)  # cached
+    fresh = await manager.reset(KEY)
+    assert fresh.id != old.id
+    assert fresh.carried_summary is None  # /reset starts clean
+    assert (await manager.open(KEY)).id == fresh.id
+    ended = await manager.get(old.id)
+    assert ended.status is SessionStatus.ENDED and ended.ended_at is not None
+    assert [m.text for m in await manager.messages(old.id)] == ["keep", "this"]
+    await manager.add_message(fresh.id, Role.USER, "new start")
+
+    assert await manager.delete_expired() == 0  # within retention
+    assert [m.text for m in await manager.messages(old.id)] == ["keep", "this"]
+    retain = manager.settings.retain_for_s
+    nearly = utcnow() - timedelta(seconds=retain - 3600)
+    await set_columns(manager, old.id, ended_at=nearly, last_activity_at=nearly)
+    assert await manager.delete_expired() == 0
+    past = utcnow() - timedelta(seconds=retain + 60)
+    await set_columns(manager, old.id, ended_at=past, last_activity_at=past)
+    assert await manager.delete_expired() == 1
+    assert await manager.messages(old.id) == []
+    with pytest.raises(SessionNotFound):
+        await manager.get(old.id)
+    # The current session is untouched.
+    assert [m.text for m in await manager.messages(fresh.id)] == ["new start"]
+    assert (await manager.open(KEY)).id == fresh.id
+
+
+async def test_expired_sessions_are_deleted_after_retention(make_manager: ManagerFactory) -> None:
+    manager = await make_manager(summarizer=EchoSummarizer())
+    old = await manager.open(KEY)
+    await talk(manager, old.id, ["bye"])
+    await quiet_for(manager, old.id, manager.settings.expire_after_s + 60)
+    assert await manager.expire_sessions() == 1
+    assert await manager.delete_expired() == 0
+    past = utcnow() - timedelta(seconds=manager.settings.retain_for_s + 60)
+    await set_columns(manager, old.id, ended_at=past, last_activity_at=past)
+    assert await manager.delete_expired() == 1
+    assert await manager.find_by_chat(KEY) is None
+    new = await manager.open(KEY)
+    assert (new.status, new.message_count, new.version, new.carried_summary) == (
+        SessionStatus.ACTIVE,
+        0,
+        1,
+        None,
+    )
+    assert await manager.messages(new.id) == []
+
+
+async def test_session_ids_are_not_reused_after_cleanup(
+    make_manager: ManagerFactory,
+) -> None:
+    manager = await make_manager()
+    old = await manager.open(KEY)
+    await quiet_for(manager, old.id, manager.settings.expire_after_s + 60)
+    assert await manager.expire_sessions() == 1
+    past = utcnow() - timedelta(seconds=manager.settings.retain_for_s + 60)
+    await set_columns(manager, old.id, ended_at=past, last_activity_at=past)
+    assert await manager.delete_expired() == 1
+    new = await manager.open(KEY)
+    assert new.id != old.id
+
+
+async def test_message_during_finalization_is_not_lost_from_the_closing_summary(
+    make_manager: ManagerFactory,
+) -> None:
+    gate = EchoSummarizer()
+    manager = await make_manager(summarizer=gate)
+    session = await manager.open(KEY)
+    await talk(manager, session.id, ["early"])
+    await quiet_for(manager, session.id, manager.settings.idle_after_s + 60)
+    gate.hold = True
+    job = asyncio.create_task(manager.finalize_idle())
+    await asyncio.wait_for(gate.started.wait(), 5)
+    await manager.add_message(session.id, Role.USER, "late fact 4242")
+    gate.release.set()
+    assert await job == 0  # the message made it active again: not finalized
+    info = await manager.get(session.id)
+    assert info.status is SessionStatus.ACTIVE
+    assert info.closing_summary is None
