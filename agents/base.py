@@ -51,6 +51,22 @@ class AgentError(Exception):
         self.detail = detail
 
 
+class PromptTooLong(AgentError):
+    """The model counted more tokens than its window holds; ``tokens`` is its count.
+
+    The turn answers it by summarizing at once and retrying once.
+    """
+
+    def __init__(self, tokens: int | None, detail: str) -> None:
+        super().__init__(
+            "This conversation has grown too long for the model. I summarized older "
+            "messages; please send your message again.",
+            kind="prompt_too_long",
+            detail=detail,
+        )
+        self.tokens = tokens
+
+
 class Agent(Protocol):
     name: str
 

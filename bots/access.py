@@ -2,8 +2,11 @@
 
 The default is closed: with no allowlist, nobody is allowed until the operator adds
 someone or sets ``access.allow_everyone``. An id in the lists matches on any
-interface ("12345") or on one ("telegram:12345"). The local console is the
-operator at the terminal and is always allowed.
+interface ("12345") or on one ("telegram:12345"). ``allowed_chats`` lets everyone in
+a chat in (a Telegram group, a Discord guild or channel), ``allowed_guilds`` and
+``allowed_roles`` everyone in a Discord guild or with a role there: all are matched
+against the actor's ``groups``. The local console is the operator at the terminal and
+is always allowed.
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ class Actor:
 class AccessPolicy:
     def __init__(self, settings: AccessSettings) -> None:
         self._allowed = set(settings.allowed_users)
+        # Discord's guild, role and channel ids are all snowflakes, unique across kinds,
+        # so one set serves them all; an actor carries those it belongs to in ``groups``.
+        self._chats = (
+            set(settings.allowed_chats) | set(settings.allowed_guilds) | set(settings.allowed_roles)
+        )
         self._admins = set(settings.admins)
         self._everyone = settings.allow_everyone
 
@@ -37,12 +45,26 @@ class AccessPolicy:
     def allows(self, actor: Actor) -> bool:
         if actor.interface == "console" or self._everyone:
             return True
-        return self._matches(actor, self._allowed) or self.is_admin(actor)
+        if self._matches(actor, self._allowed) or self.is_admin(actor):
+            return True
+        chats = self._chats
+        return any(g in chats or f"{actor.interface}:{g}" in chats for g in actor.groups)
 
     def is_admin(self, actor: Actor) -> bool:
         if actor.interface == "console":
             return True
         return actor.user_id in self._admins or f"{actor.interface}:{actor.user_id}" in self._admins
+
+    def admin_ids(self, interface: str) -> list[str]:
+        """The admins' user ids on ``interface`` (bare ids count for every interface)."""
+        ids: set[str] = set()
+        for entry in self._admins:
+            prefix, colon, user_id = entry.partition(":")
+            if not colon:
+                ids.add(entry)
+            elif prefix == interface and user_id:
+                ids.add(user_id)
+        return sorted(ids)
 
     @staticmethod
     def denied_message(actor: Actor) -> str:

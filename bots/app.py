@@ -10,8 +10,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import anthropic
+
 from agents.base import Agent
+from agents.claude import ClaudeAgent
+from agents.claude_summarizer import ClaudeSummarizer
 from agents.offline import OfflineAgent
+from agents.pricing import Pricing
 from bots.access import AccessPolicy
 from bots.commands import Commands
 from bots.config import Config
@@ -21,6 +26,7 @@ from bots.turn import Turn
 from memory.database import Database, migrate, open_database
 from memory.manager import SessionManager
 from memory.store import Store
+from memory.summarizer import Summarizer
 from memory.tokens import TokenCounter
 
 log = logging.getLogger(__name__)
@@ -33,6 +39,7 @@ class Wiring:
     agent: Agent
     turn: Turn
     commands: Commands
+    client: anthropic.AsyncAnthropic | None
 
 
 class Palaver:
@@ -58,8 +65,25 @@ class Palaver:
     def commands(self) -> Commands:
         return self.wiring.commands
 
-    def build_agent(self) -> Agent:
-        return OfflineAgent()
+    def build_claude(self) -> tuple[Agent, Summarizer | None, anthropic.AsyncAnthropic | None]:
+        """Claude and its summarizer when ANTHROPIC_API_KEY is set, else the offline agent.
+
+        The SDK's own retries are off: the agent retries itself (bounded, honouring
+        retry-after, never repeating streamed text). ``claude.base_url`` points at a
+        gateway; left empty, the SDK reads ANTHROPIC_BASE_URL itself.
+        """
+        key = self.config.secrets.anthropic_api_key
+        if key is None:
+            return OfflineAgent(), None, None
+        settings = self.config.claude
+        client = anthropic.AsyncAnthropic(
+            api_key=key.get_secret_value(),
+            base_url=settings.base_url or None,
+            max_retries=0,
+            timeout=settings.timeout_s,
+        )
+        agent = ClaudeAgent(client, settings, Pricing(settings))
+        return agent, ClaudeSummarizer(client, settings), client
 
     async def start(self) -> None:
         """Open and migrate the database, then build the memory and the turn."""
@@ -67,20 +91,21 @@ class Palaver:
         database = open_database(config.database_url, config.database)
         try:
             await migrate(database)
-            manager = SessionManager(Store(database), TokenCounter(), config.memory)
+            agent, summarizer, client = self.build_claude()
+            manager = SessionManager(Store(database), TokenCounter(), config.memory, summarizer)
             await manager.start()
         except BaseException:
             await database.dispose()
             raise
-        agent = self.build_agent()
         turn = Turn(
             manager,
             agent,
             AccessPolicy(config.access),
             RateLimiter(config.rate_limit),
             config.agent,
+            config.spend,
         )
-        self._wiring = Wiring(database, manager, agent, turn, Commands(turn))
+        self._wiring = Wiring(database, manager, agent, turn, Commands(turn), client)
         log.info("palaver started: database %s, agent %s", database.reader.dialect.name, agent.name)
 
     async def stop(self) -> None:
@@ -91,11 +116,37 @@ class Palaver:
         try:
             await wiring.manager.close()
         finally:
+            if wiring.client is not None:
+                await wiring.client.close()
             await wiring.database.dispose()
 
     def build_interfaces(self) -> list[Interface]:
         """The bots whose tokens are set, built but not started."""
         interfaces: list[Interface] = []
+        telegram_token = self.config.secrets.telegram_bot_token
+        if telegram_token is not None:
+            from bots.telegram_bot import TelegramBot  # PTB is loaded only when configured
+
+            interfaces.append(
+                TelegramBot(
+                    self.config.telegram,
+                    telegram_token.get_secret_value(),
+                    self.turn,
+                    self.commands,
+                )
+            )
+        discord_token = self.config.secrets.discord_bot_token
+        if discord_token is not None:
+            from bots.discord_bot import DiscordBot  # discord.py is loaded only when configured
+
+            interfaces.append(
+                DiscordBot(
+                    self.config.discord,
+                    discord_token.get_secret_value(),
+                    self.turn,
+                    self.commands,
+                )
+            )
         return interfaces
 
     def startup_hint(self) -> str:

@@ -14,11 +14,12 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from sqlalchemy.engine import make_url
 
+from agents.settings import ClaudeSettings, SpendSettings
 from memory.settings import DatabaseSettings, MemorySettings
 
 ENV_PREFIX = "PALAVER_"
@@ -46,15 +47,58 @@ class AgentSettings(_Section):
         min_length=1,
         max_length=20_000,
     )
-    model: str = Field("claude-sonnet-4-5", min_length=1)
+    model: str = Field("claude-sonnet-4-6", min_length=1)
     max_tokens: int = Field(1024, ge=1, le=64_000)
     context_window: int = Field(200_000, ge=1000)
 
 
 class AccessSettings(_Section):
     allowed_users: list[str] = Field(default_factory=list)
+    allowed_chats: list[str] = Field(default_factory=list)
+    allowed_guilds: list[str] = Field(default_factory=list)
+    allowed_roles: list[str] = Field(default_factory=list)
     admins: list[str] = Field(default_factory=list)
     allow_everyone: bool = False
+
+
+TEXT_EXTENSIONS = [
+    *("txt", "md", "markdown", "rst", "log", "csv", "tsv", "json", "jsonl", "yaml", "yml"),
+    *("toml", "ini", "cfg", "conf", "xml", "html", "css", "py", "js", "ts", "tsx", "jsx"),
+    *("java", "kt", "c", "h", "cpp", "hpp", "cs", "go", "rs", "rb", "php", "sh", "sql"),
+    *("swift", "r", "tex", "diff", "patch"),
+]
+
+
+class TelegramSettings(_Section):
+    """The Telegram interface; the token comes from TELEGRAM_BOT_TOKEN."""
+
+    base_url: str = Field("https://api.telegram.org/bot", min_length=1)
+    base_file_url: str = Field("https://api.telegram.org/file/bot", min_length=1)
+    group_mode: Literal["mention", "all"] = "mention"
+    stream_replies: bool = True
+    use_drafts: bool = True
+    draft_interval_s: float = Field(0.5, ge=0.05, le=30)
+    edit_interval_s: float = Field(2.0, ge=0.2, le=60)
+    typing_interval_s: float = Field(4.0, ge=0.5, le=5)
+    max_document_bytes: int = Field(50_000, ge=0, le=20_000_000)
+    text_extensions: list[str] = Field(default_factory=lambda: list(TEXT_EXTENSIONS))
+    concurrent_updates: int = Field(1024, ge=1, le=100_000)
+    connection_pool_size: int = Field(256, ge=1, le=10_000)
+    http_version: Literal["1.1", "2"] = "1.1"
+    poll_timeout_s: int = Field(30, ge=0, le=50)
+    flood_max_retries: int = Field(3, ge=0, le=10)
+    flood_max_wait_s: float = Field(60.0, ge=0, le=3600)
+
+
+class DiscordSettings(_Section):
+    """The Discord interface; the token comes from DISCORD_BOT_TOKEN."""
+
+    guild_mode: Literal["mention", "all"] = "mention"
+    message_content: bool = True
+    command_guilds: list[int] = Field(default_factory=list)
+    stream_edit_interval_s: float = Field(1.0, ge=0.2, le=60)
+    max_attachment_bytes: int = Field(50_000, ge=0, le=25_000_000)
+    connect_timeout_s: float = Field(30.0, gt=0, le=600)
 
 
 class RateLimitSettings(_Section):
@@ -73,8 +117,12 @@ class Config(_Section):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
+    claude: ClaudeSettings = Field(default_factory=ClaudeSettings)
+    spend: SpendSettings = Field(default_factory=SpendSettings)
     access: AccessSettings = Field(default_factory=AccessSettings)
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    telegram: TelegramSettings = Field(default_factory=TelegramSettings)
+    discord: DiscordSettings = Field(default_factory=DiscordSettings)
     secrets: Secrets = Field(default_factory=Secrets, exclude=True)
     source: Path | None = Field(None, exclude=True)
 
@@ -172,4 +220,6 @@ def _toml(value: Any) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
     if isinstance(value, list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_toml(str(k))} = {_toml(v)}" for k, v in value.items()) + " }"
     return str(value)

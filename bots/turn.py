@@ -3,9 +3,10 @@
 Read this file top to bottom to see what happens to a message:
 
     authorize -> rate-limit -> resolve the session -> take the session's lock ->
-    store the user message (idempotent on the platform id) -> build the context
-    within budget -> call the agent, streaming -> store the reply with its usage ->
-    schedule summarization if the context is at the threshold -> release.
+    store the user message (idempotent on the platform id) -> check the spend caps ->
+    build the context within budget -> call the agent, streaming -> store the reply
+    with its usage -> schedule summarization if the context is at the threshold ->
+    release.
 
 Interfaces translate platform events into an ``Incoming`` and render the
 ``TurnResult``; they hold no memory logic of their own.
@@ -19,13 +20,14 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from agents.base import Agent, AgentError, AgentReply, AgentRequest, TextDelta
+from agents.base import Agent, AgentError, AgentReply, AgentRequest, PromptTooLong, TextDelta
+from agents.settings import SpendSettings
 from bots.access import AccessPolicy, Actor
 from bots.config import AgentSettings
 from bots.ratelimit import RateLimiter
 from memory.errors import PalaverError
 from memory.manager import SessionManager
-from memory.types import ChatKey, Project, Role, SessionInfo, Usage
+from memory.types import ChatKey, Context, Project, Role, SessionInfo, Usage
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ class Outcome(StrEnum):
     RATE_LIMITED = "rate_limited"
     DUPLICATE = "duplicate"
     REJECTED = "rejected"  # bad input: nothing stored, the user told why
+    OVER_BUDGET = "over_budget"  # a spend cap is reached: stored, no model call made
     FAILED = "failed"  # the agent failed: the user message is stored, the error recorded
 
 
@@ -82,12 +85,14 @@ class Turn:
         access: AccessPolicy,
         limiter: RateLimiter,
         settings: AgentSettings,
+        spend: SpendSettings | None = None,
     ) -> None:
         self.manager = manager
         self.agent = agent
         self.access = access
         self.limiter = limiter
         self.settings = settings
+        self.spend = spend or SpendSettings(user_daily_usd=0, session_usd=0)
         self._projects: dict[int, Project] = {}
 
     async def profile(self, session: SessionInfo) -> Profile:
@@ -158,33 +163,27 @@ class Turn:
         if stored.duplicate:
             return TurnResult(Outcome.DUPLICATE, "", session.id)
 
-        # 6. the context: system prompt + summaries + newest messages, within budget.
-        context = await manager.build_context(
-            session.id,
-            system_prompt=profile.system_prompt,
-            budget=profile.budget,
-            model=profile.model,
-            label_authors=incoming.is_group,
-        )
+        # 6. spend caps: over a cap, the user is told and no model call is made.
+        billed_to = f"{incoming.actor.interface}:{incoming.actor.user_id}"
+        refusal = await self._over_cap(session, billed_to)
+        if refusal is not None:
+            await manager.record_error(session.id, "spend_cap", {"user": billed_to})
+            return TurnResult(Outcome.OVER_BUDGET, refusal, session.id)
 
-        # 7. call the agent, streaming partial text to the interface.
-        request = AgentRequest(
-            context=context,
-            model=profile.model,
-            max_tokens=profile.max_tokens,
-            session_id=session.id,
-            user_id=f"{incoming.actor.interface}:{incoming.actor.user_id}",
-        )
-        reply: AgentReply | None = None
-        text = ""
+        # 7. the context, then the agent, streaming partial text to the interface. If
+        #    the model finds the prompt too long, summarize now and try once more.
         try:
-            async for event in self.agent.stream(request):
-                if isinstance(event, TextDelta):
-                    text += event.text
-                    if on_progress is not None:
-                        await on_progress(text)
-                else:
-                    reply = event
+            try:
+                reply = await self._call_agent(incoming, session, profile, on_progress)
+            except PromptTooLong as error:
+                if error.tokens:
+                    context = await self._context(incoming, session, profile)
+                    manager.note_calibration(
+                        profile.model, self._raw_estimate(context, profile), error.tokens
+                    )
+                await manager.record_error(session.id, error.kind, {"detail": error.detail})
+                await manager.fold(session.id)
+                reply = await self._call_agent(incoming, session, profile, on_progress)
         except AgentError as error:
             await manager.record_error(session.id, error.kind, {"detail": error.detail})
             return TurnResult(Outcome.FAILED, error.user_message, session.id)
@@ -203,10 +202,21 @@ class Turn:
                 "The model sent an empty answer. Your message is saved; please try again.",
                 session.id,
             )
+        if reply.usage is not None:
+            reported = (
+                reply.usage.input_tokens
+                + reply.usage.cache_read_tokens
+                + reply.usage.cache_write_tokens
+            )
+            manager.note_calibration(profile.model, reply.estimated_input_tokens, reported)
 
-        # 8. store the reply with what it cost.
+        # 8. store the reply with what it cost, charged to the user who asked.
         await manager.add_message(
-            session.id, Role.ASSISTANT, reply.text, usage=reply.usage, metadata=None
+            session.id,
+            Role.ASSISTANT,
+            reply.text,
+            usage=reply.usage,
+            billed_to=billed_to if reply.usage is not None else None,
         )
 
         # 9. fold older history in the background if the context is at the threshold.
@@ -217,6 +227,65 @@ class Turn:
             model=profile.model,
         )
         return TurnResult(Outcome.REPLIED, reply.text, session.id, reply.usage)
+
+    async def _context(self, incoming: Incoming, session: SessionInfo, profile: Profile) -> Context:
+        return await self.manager.build_context(
+            session.id,
+            system_prompt=profile.system_prompt,
+            budget=profile.budget,
+            model=profile.model,
+            label_authors=incoming.is_group,
+        )
+
+    def _raw_estimate(self, context: Context, profile: Profile) -> int:
+        """The context's tokens as tiktoken counts them, before calibration."""
+        return round(context.estimated_tokens / self.manager.tokens.factor(profile.model))
+
+    async def _call_agent(
+        self,
+        incoming: Incoming,
+        session: SessionInfo,
+        profile: Profile,
+        on_progress: ProgressSink | None,
+    ) -> AgentReply | None:
+        context = await self._context(incoming, session, profile)
+        request = AgentRequest(
+            context=context,
+            model=profile.model,
+            max_tokens=profile.max_tokens,
+            session_id=session.id,
+            user_id=f"{incoming.actor.interface}:{incoming.actor.user_id}",
+        )
+        reply: AgentReply | None = None
+        text = ""
+        async for event in self.agent.stream(request):
+            if isinstance(event, TextDelta):
+                text += event.text
+                if on_progress is not None:
+                    await on_progress(text)
+            else:
+                reply = event
+        if reply is not None:
+            # What the calibration compares with the API's count: the raw estimate.
+            raw = self._raw_estimate(context, profile)
+            reply = AgentReply(reply.text, reply.usage, reply.model, raw)
+        return reply
+
+    async def _over_cap(self, session: SessionInfo, billed_to: str) -> str | None:
+        caps = self.spend
+        if caps.session_usd and session.usage.cost_usd >= caps.session_usd:
+            return (
+                f"This conversation has reached its spending limit (${caps.session_usd:.2f}). "
+                "Send /reset to start a new one."
+            )
+        if caps.user_daily_usd:
+            spent = await self.manager.spent_today(billed_to)
+            if spent >= caps.user_daily_usd:
+                return (
+                    f"You've reached today's spending limit (${caps.user_daily_usd:.2f}). "
+                    "It resets at midnight UTC."
+                )
+        return None
 
     async def observe(self, incoming: Incoming) -> TurnResult:
         """Store a group message the bot saw but was not asked to answer."""

@@ -101,7 +101,7 @@ async def test_commands_help_reset_status_summary(manager: SessionManager) -> No
     await turn.handle(Incoming(KEY, ANN, "hello", "1"))
     status = (await commands.run("status", "", KEY, ANN)).text
     assert "Messages: 2; summaries: none yet" in status
-    assert "model claude-sonnet-4-5" in status
+    assert "model claude-sonnet-4-6" in status
     before = await manager.find_by_chat(KEY)
     reset = await commands.run("new", "", KEY, ANN)
     assert reset.text.startswith("Started a fresh conversation")

@@ -1,0 +1,212 @@
+"""Claude through the Messages API (the official ``anthropic`` SDK), streaming.
+
+The request puts the stable prefix first (system prompt, then the rolling summaries)
+with a ``cache_control`` breakpoint at its end, and a second breakpoint at the end
+of the history, so that each turn reads everything up to the previous turn from
+Claude's prompt cache. Retries are ours, not the SDK's, so that every attempt is
+bounded, honours retry-after, and never repeats text already streamed to a chat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anthropic
+
+from agents.base import (
+    AgentError,
+    AgentEvent,
+    AgentReply,
+    AgentRequest,
+    PromptTooLong,
+    TextDelta,
+)
+from agents.pricing import Pricing
+from agents.settings import ClaudeSettings
+from memory.types import Context, Role, Usage
+
+log = logging.getLogger(__name__)
+
+EPHEMERAL = {"type": "ephemeral"}
+_TOO_LONG = re.compile(r"prompt is too long: (\d+) tokens")
+
+
+def build_request(context: Context) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """System blocks and messages for the Messages API, with cache breakpoints."""
+    system: list[dict[str, Any]] = []
+    if context.system:
+        system.append({"type": "text", "text": context.system})
+    if context.summaries:
+        text = "Summary of the earlier conversation (oldest first):\n\n" + "\n\n---\n\n".join(
+            context.summaries
+        )
+        system.append({"type": "text", "text": text})
+    if system:
+        system[-1]["cache_control"] = EPHEMERAL
+    messages: list[dict[str, Any]] = [
+        {
+            "role": "assistant" if m.role is Role.ASSISTANT else "user",
+            "content": [{"type": "text", "text": m.text}],
+        }
+        for m in context.messages
+    ]
+    if messages:
+        messages[-1]["content"][-1]["cache_control"] = EPHEMERAL
+    return system, messages
+
+
+def _retry_after(error: anthropic.APIStatusError) -> float | None:
+    value: str | None = error.response.headers.get("retry-after")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+class ClaudeAgent:
+    name = "claude"
+
+    def __init__(
+        self, client: anthropic.AsyncAnthropic, settings: ClaudeSettings, pricing: Pricing
+    ) -> None:
+        self._client = client
+        self._settings = settings
+        self._pricing = pricing
+        self._auth_logged = False
+
+    def stream(self, request: AgentRequest) -> AsyncIterator[AgentEvent]:
+        return self._stream(request)
+
+    async def _stream(self, request: AgentRequest) -> AsyncIterator[AgentEvent]:
+        system, messages = build_request(request.context)
+        attempt = 0
+        while True:
+            streamed = False
+            try:
+                async with self._client.messages.stream(
+                    model=request.model,
+                    max_tokens=request.max_tokens,
+                    system=system,  # type: ignore[arg-type]
+                    messages=messages,  # type: ignore[arg-type]
+                ) as stream:
+                    async for text in stream.text_stream:
+                        streamed = True
+                        yield TextDelta(text)
+                    final = await stream.get_final_message()
+            except anthropic.APIStatusError as error:
+                wait = self._classify_status(error, attempt, streamed)
+            except (anthropic.APITimeoutError, anthropic.APIConnectionError) as error:
+                wait = self._classify_network(error, attempt, streamed)
+            else:
+                text = "".join(b.text for b in final.content if b.type == "text")
+                u = final.usage
+                usage = Usage(
+                    input_tokens=u.input_tokens,
+                    output_tokens=u.output_tokens,
+                    cache_read_tokens=u.cache_read_input_tokens or 0,
+                    cache_write_tokens=u.cache_creation_input_tokens or 0,
+                )
+                if final.stop_reason == "max_tokens":
+                    text += "\n\n(The answer was cut off at the length limit.)"
+                yield AgentReply(
+                    text,
+                    self._pricing.priced(request.model, usage),
+                    final.model,
+                    request.context.estimated_tokens,
+                )
+                return
+            attempt += 1
+            log.warning("Claude call failed (attempt %d); retrying in %.1f s", attempt, wait)
+            await asyncio.sleep(wait)
+
+    def _backoff(self, attempt: int) -> float:
+        base: float = self._settings.retry_base_delay_s * 2.0**attempt
+        return min(self._settings.retry_max_wait_s, base * (0.5 + random.random()))
+
+    def _classify_status(
+        self, error: anthropic.APIStatusError, attempt: int, streamed: bool
+    ) -> float:
+        """Seconds to wait before retrying, or raise AgentError for the user."""
+        status = error.status_code
+        if status == 401 or status == 403:
+            if not self._auth_logged:
+                self._auth_logged = True
+                log.error(
+                    "Anthropic rejected the API key (HTTP %d): check ANTHROPIC_API_KEY", status
+                )
+            raise AgentError(
+                "I can't reach Claude: the bot's API key was rejected. The operator needs to "
+                "fix it; your message is saved.",
+                kind="auth",
+                detail=f"HTTP {status}",
+            )
+        if status == 400:
+            match = _TOO_LONG.search(str(error.message))
+            if match:
+                raise PromptTooLong(int(match.group(1)), str(error.message))
+            raise AgentError(
+                "Claude could not take this request. Your message is saved; try rephrasing it.",
+                kind="bad_request",
+                detail=str(error.message)[:300],
+            )
+        if status == 404:
+            raise AgentError(
+                "The configured model was not found; the operator needs to check it.",
+                kind="model_not_found",
+                detail=str(error.message)[:300],
+            )
+        retryable = status in (408, 409, 429) or status >= 500
+        if not retryable or streamed or attempt >= self._settings.max_retries:
+            raise self._give_up(status, error, streamed)
+        wait = _retry_after(error) if status == 429 else None
+        if wait is not None and wait > self._settings.retry_max_wait_s:
+            raise AgentError(
+                f"Claude is rate-limiting this bot; please try again in about {round(wait)} s.",
+                kind="rate_limited",
+                detail=f"retry-after {wait}",
+            )
+        return wait if wait is not None else self._backoff(attempt)
+
+    def _give_up(self, status: int, error: Exception, streamed: bool) -> AgentError:
+        if streamed:
+            return AgentError(
+                "The answer broke off midway (Claude's side). Your message is saved; "
+                "please ask again.",
+                kind="stream_broken",
+                detail=f"HTTP {status}: {error}"[:300],
+            )
+        if status == 429:
+            return AgentError(
+                "Claude is rate-limiting this bot right now; please try again in a minute.",
+                kind="rate_limited",
+                detail=str(error)[:300],
+            )
+        if status == 529:
+            return AgentError(
+                "Claude is overloaded right now. Your message is saved; please try again "
+                "in a little while.",
+                kind="overloaded",
+                detail=str(error)[:300],
+            )
+        return AgentError(
+            "Claude had a problem answering. Your message is saved; please try again.",
+            kind="api_error",
+            detail=f"HTTP {status}: {error}"[:300],
+        )
+
+    def _classify_network(self, error: Exception, attempt: int, streamed: bool) -> float:
+        timeout = isinstance(error, anthropic.APITimeoutError)
+        if streamed or attempt >= self._settings.max_retries:
+            raise AgentError(
+                "Claude took too long to answer. Your message is saved; please try again."
+                if timeout
+                else "I couldn't connect to Claude. Your message is saved; please try again.",
+                kind="timeout" if timeout else "connection",
+                detail=type(error).__name__,
+            )
+        return self._backoff(attempt)
