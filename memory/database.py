@@ -57,6 +57,9 @@ def _sqlite_engine(url: str, settings: DatabaseSettings, *, immediate: bool) -> 
         # The write engine needs one connection: SQLite has a single writer anyway.
         pool_size=1 if immediate else 5,
         max_overflow=0 if immediate else 10,
+        # Every write runs in begin(), which always commits or rolls back: the
+        # pool's own rollback on return would be one more trip to the driver thread.
+        pool_reset_on_return=None if immediate else "rollback",
     )
 
     @event.listens_for(engine.sync_engine, "connect")

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 _COUNT_IN_THREAD_CHARS = 20_000
 # Pending calibration samples are stored at most this often.
 _CALIBRATION_FLUSH_S = 30.0
+# Sessions whose (last_seq, version) this process remembers for fast appends.
+_MAX_HINTS = 100_000
 # A user's spend today is re-read from the database at most this often.
 _SPEND_REFRESH_S = 30.0
 
@@ -64,7 +66,12 @@ class SessionManager:
         self.summarizer: Summarizer = summarizer or self.extractive
         self.cache = SessionCache(settings.cache_size)
         self._locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
-        self._writer = MessageWriter(store, self._apply_appended, settings.write_batch_size)
+        # (last_seq, version) of sessions as this process last committed them: lets a
+        # batch skip reading session rows (see Store.append_messages).
+        self._hints: dict[int, tuple[int, int]] = {}
+        self._writer = MessageWriter(
+            store, self._apply_appended, settings.write_batch_size, self._hints
+        )
         self._summarizing: dict[int, asyncio.Task[None]] = {}
         # Sessions being loaded into the cache -> newest version seen meanwhile.
         self._loading: dict[int, int] = {}
@@ -281,13 +288,22 @@ class SessionManager:
     def _apply_appended(self, items: list[NewMessage], outcome: AppendOutcome) -> None:
         """Runs right after a batch commits: extend cached tails whose version follows."""
         appended: dict[int, list[TailMessage]] = {}
+        last_seqs: dict[int, int] = {}
+        cached = self.cache.peek
         for item, result in zip(items, outcome.results, strict=True):
             if isinstance(result, StoredMessage) and not result.duplicate:
-                appended.setdefault(item.session_id, []).append(
-                    TailMessage(item.role, item.token_count, item.text, item.author_name)
-                )
+                sid = item.session_id
+                last_seqs[sid] = result.seq
+                if cached(sid) is not None:
+                    appended.setdefault(sid, []).append(
+                        TailMessage(item.role, item.token_count, item.text, item.author_name)
+                    )
+        if len(self._hints) > _MAX_HINTS:
+            self._hints.clear()
         for sid, delta in outcome.deltas.items():
             news = appended.get(sid, [])
+            if sid in last_seqs:
+                self._hints[sid] = (last_seqs[sid], delta.version_after)
 
             def extend(entry: CachedSession, news: list[TailMessage] = news) -> None:
                 entry.tail.extend(news)
@@ -298,6 +314,9 @@ class SessionManager:
             self._apply(delta, extend)
 
     def _apply(self, delta: SessionDelta, mutate: Any) -> None:
+        hint = self._hints.get(delta.session_id)
+        if hint is not None and hint[1] == delta.version_before:
+            self._hints[delta.session_id] = (hint[0], delta.version_after)
         if delta.session_id in self._loading:
             self._loading[delta.session_id] = max(
                 self._loading[delta.session_id], delta.version_after

@@ -102,7 +102,7 @@ class SessionInfo:
     version: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built once per message on the hot path
 class StoredMessage:
     session_id: int
     seq: int

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from memory.errors import PalaverError, StoreUnavailable
 from memory.store import AppendOutcome, NewMessage, Store
@@ -26,8 +26,10 @@ class MessageWriter:
         store: Store,
         on_commit: Callable[[list[NewMessage], AppendOutcome], None],
         max_batch: int = 256,
+        hints: Mapping[int, tuple[int, int]] | None = None,
     ) -> None:
         self._store = store
+        self._hints = hints
         self._on_commit = on_commit
         self._max_batch = max_batch
         self._pending: list[tuple[NewMessage, asyncio.Future[StoredMessage]]] = []
@@ -56,7 +58,7 @@ class MessageWriter:
                 del self._pending[: self._max_batch]
                 items = [item for item, _ in batch]
                 try:
-                    outcome = await self._store.append_messages(items)
+                    outcome = await self._store.append_messages(items, self._hints)
                 except PalaverError as error:
                     for _, future in batch:
                         if not future.done():
