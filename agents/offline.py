@@ -13,6 +13,10 @@ from agents.base import AgentEvent, AgentReply, AgentRequest, TextDelta
 from memory.types import Role
 
 
+def _plural(count: int, one: str, many: str | None = None) -> str:
+    return f"{count} {one if count == 1 else (many or one + 's')}"
+
+
 class OfflineAgent:
     name = "offline"
 
@@ -30,8 +34,8 @@ class OfflineAgent:
             "No model is configured, so this is an offline reply "
             "(set ANTHROPIC_API_KEY to talk to Claude). ",
             f'You said: "{heard}". ',
-            f"Memory holds {len(context.messages)} turns in context and "
-            f"{len(context.summaries)} summaries; the context is about "
+            f"Memory holds {_plural(len(context.messages), 'turn')} in context and "
+            f"{_plural(len(context.summaries), 'summary', 'summaries')}; the context is about "
             f"{context.estimated_tokens:,} tokens ({percent:.0f}% of the budget).",
         ]
         for part in parts:
