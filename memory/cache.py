@@ -56,10 +56,8 @@ class CachedSession:
             Block(s.text, s.token_count) for s in snapshot.summaries
         )
         self.summary_ids: tuple[int, ...] = tuple(s.id for s in snapshot.summaries)
-        self.tail: list[TailMessage] = [
-            TailMessage(m.role, m.token_count, m.text, m.author_name) for m in snapshot.tail
-        ]
-        self.tail_first_seq = self.base + 1
+        self.tail: list[TailMessage] = snapshot.tail
+        self.tail_first_seq = snapshot.tail_first_seq
         self.verified_at = time.monotonic()
 
     @property

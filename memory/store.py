@@ -31,6 +31,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from memory.context import TailMessage
 from memory.database import Database, translate_errors
 from memory.errors import ProjectExists, ProjectNotFound, SessionNotFound
 from memory.models import (
@@ -119,7 +120,12 @@ class Snapshot:
 
     session: SessionInfo
     summaries: list[SummaryRecord]
-    tail: list[StoredMessage]
+    tail: list[TailMessage]  # contiguous: seqs tail_first_seq, tail_first_seq + 1, ...
+    tail_first_seq: int
+
+    @property
+    def tail_seqs(self) -> list[int]:
+        return list(range(self.tail_first_seq, self.tail_first_seq + len(self.tail)))
 
 
 def session_info(row: Mapping[Any, Any]) -> SessionInfo:
@@ -800,15 +806,20 @@ class Store:
                 .order_by(summaries.c.first_seq)
             )
             start = max(info.summarized_through, info.context_start - 1)
+            # Only what a context needs, and only up to the row's last_seq, so the
+            # tail matches the counters read above.
+            m = messages.c
             tail = await conn.execute(
-                select(messages)
-                .where(messages.c.session_id == session_id, messages.c.seq > start)
-                .order_by(messages.c.seq)
+                select(m.role, m.token_count, m.text, m.author_name)
+                .where(m.session_id == session_id, m.seq > start, m.seq <= info.last_seq)
+                .order_by(m.seq)
             )
+            roles = {role.value: role for role in Role}
             return Snapshot(
                 info,
                 [summary_record(r) for r in active.mappings()],
-                [stored_message(r) for r in tail.mappings()],
+                [TailMessage(roles[r[0]], r[1], r[2], r[3]) for r in tail.all()],
+                start + 1,
             )
 
     async def summaries(
