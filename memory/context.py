@@ -31,12 +31,9 @@ class Block(NamedTuple):
     tokens: int
 
 
-def _api_role(role: Role) -> Role:
-    # The Messages API knows two roles; notes and tool output travel as user turns.
-    return Role.ASSISTANT if role is Role.ASSISTANT else Role.USER
-
-
 def _render(message: TailMessage, label_authors: bool) -> str:
+    """A user-side message as the model sees it: the Messages API knows only user and
+    assistant, so notes and tool output travel as labelled user turns."""
     if message.role is Role.SYSTEM:
         return f"(note) {message.text}"
     if message.role is Role.TOOL:
@@ -96,9 +93,18 @@ def build_context(
     parts: list[str] = []
     current: Role | None = None
     author: str | None = None
+    user, assistant = Role.USER, Role.ASSISTANT
     for message in window[start:]:
-        role = _api_role(message.role)
-        text = _render(message, label_authors)
+        role = message.role
+        if role is assistant:
+            text = message.text
+        else:
+            text = (
+                _render(message, label_authors)
+                if role is not user or label_authors
+                else (message.text)
+            )
+            role = user
         if role is current:
             parts.append(text)
             if author != message.author:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class Role(StrEnum):
@@ -132,8 +132,9 @@ class SummaryRecord:
     created_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class ContextMessage:
+class ContextMessage(NamedTuple):
+    """One API turn (several stored messages of the same role, merged)."""
+
     role: Role
     text: str
     author_name: str | None = None
