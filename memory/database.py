@@ -9,6 +9,7 @@ ordinary deferred transactions, which WAL lets run beside the writer.
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,6 +121,8 @@ async def translate_errors() -> AsyncIterator[None]:
     """Turn driver and connection errors into ``StoreUnavailable``."""
     try:
         yield
+    except sqlite3.OperationalError as error:  # raised by aiosqlite on the hot path
+        raise StoreUnavailable(describe_db_error(error)) from error
     except (TimeoutError, OperationalError, DBAPIError, OSError) as error:
         if isinstance(error, DBAPIError) and not isinstance(error, OperationalError):
             orig = getattr(error, "orig", None)

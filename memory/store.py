@@ -9,10 +9,12 @@ trusts a stale copy: that, not process memory, is what keeps several processes s
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import (
     Select,
@@ -239,6 +241,36 @@ _MESSAGE_COLUMNS = (
 
 def _identity(value: Any) -> Any:
     return value
+
+
+class _DriverTransaction(Protocol):
+    async def fetch(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]: ...
+
+    async def many(self, sql: str, rows: list[tuple[Any, ...]]) -> int: ...
+
+
+class _CoreTransaction:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def fetch(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in (await self._conn.exec_driver_sql(sql, params)).all()]
+
+    async def many(self, sql: str, rows: list[tuple[Any, ...]]) -> int:
+        return int((await self._conn.exec_driver_sql(sql, rows)).rowcount)
+
+
+class _AiosqliteTransaction:
+    def __init__(self, driver: Any) -> None:
+        self._driver = driver
+
+    async def fetch(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        cursor = await self._driver.execute(sql, params)
+        return [tuple(r) for r in await cursor.fetchall()]
+
+    async def many(self, sql: str, rows: list[tuple[Any, ...]]) -> int:
+        cursor = await self._driver.executemany(sql, rows)
+        return int(cursor.rowcount)
 
 
 class _StaleHint(Exception):
@@ -664,7 +696,7 @@ class Store:
                     return await self._append_batch(items, hints)
                 except _StaleHint:
                     return await self._append_batch(items, None)
-            except IntegrityError:
+            except (IntegrityError, sqlite3.IntegrityError):
                 pass
             outcome = AppendOutcome([])
             for item in items:
@@ -690,7 +722,7 @@ class Store:
                 return AppendOutcome([found])
         try:
             return await self._append_batch([item], None)
-        except IntegrityError:
+        except (IntegrityError, sqlite3.IntegrityError):
             found = await self._find_platform(item)  # lost a race with another process
             if found is None:
                 raise
@@ -724,13 +756,12 @@ class Store:
         optimistic = (
             hints is not None and self.db.is_sqlite and all(s in hints for s in session_ids)
         )
-        async with self.db.writer.begin() as conn:
+        async with self._driver_transaction() as tx:
             if optimistic:
                 assert hints is not None
                 locked = {sid: _Tally(*hints[sid]) for sid in session_ids}
             else:
-                result = await conn.exec_driver_sql(bulk.lock(len(session_ids)), tuple(session_ids))
-                rows: list[tuple[int, int, int]] = [tuple(r) for r in result.all()]
+                rows = await tx.fetch(bulk.lock(len(session_ids)), tuple(session_ids))
                 locked = {sid: _Tally(last_seq, version) for sid, last_seq, version in rows}
             inserts: list[tuple[Any, ...]] = []
             for item in items:
@@ -768,13 +799,36 @@ class Store:
                     outcome.deltas[sid] = SessionDelta(sid, t.version, t.version + 1)
             if inserts:
                 if optimistic:
-                    done = await conn.exec_driver_sql(bulk.update_if_version, updates)
-                    if done.rowcount != len(updates):
+                    if await tx.many(bulk.update_if_version, updates) != len(updates):
                         raise _StaleHint
                 else:
-                    await conn.exec_driver_sql(bulk.update, updates)
-                await conn.exec_driver_sql(bulk.insert, inserts)
+                    await tx.many(bulk.update, updates)
+                await tx.many(bulk.insert, inserts)
         return outcome
+
+    @contextlib.asynccontextmanager
+    async def _driver_transaction(self) -> AsyncIterator[_DriverTransaction]:
+        """A write transaction for the hot path's plain SQL.
+
+        On SQLite it talks to the pooled aiosqlite connection itself: through the
+        SQLAlchemy adapter every statement costs several trips to the driver's
+        thread; here each costs one. The connection, its pragmas and its pool stay
+        SQLAlchemy's. PostgreSQL goes through the adapter as everything else does.
+        """
+        if self.db.is_sqlite:
+            async with self.db.writer.connect() as conn:
+                raw = await conn.get_raw_connection()
+                driver: Any = raw.driver_connection
+                await driver.execute("BEGIN IMMEDIATE")
+                try:
+                    yield _AiosqliteTransaction(driver)
+                except BaseException:
+                    await driver.rollback()
+                    raise
+                await driver.commit()
+        else:
+            async with self.db.writer.begin() as conn:
+                yield _CoreTransaction(conn)
 
     async def messages(
         self, session_id: int, *, after: int = 0, through: int | None = None
