@@ -83,6 +83,7 @@ class TelegramSettings(_Section):
     max_document_bytes: int = Field(50_000, ge=0, le=20_000_000)
     text_extensions: list[str] = Field(default_factory=lambda: list(TEXT_EXTENSIONS))
     concurrent_updates: int = Field(1024, ge=1, le=100_000)
+    http_client: Literal["aiohttp", "httpx"] = "aiohttp"
     connection_pool_size: int = Field(256, ge=1, le=10_000)
     http_version: Literal["1.1", "2"] = "1.1"
     poll_timeout_s: int = Field(30, ge=0, le=50)
