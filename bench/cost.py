@@ -6,13 +6,15 @@ turn without prompt caching. Prints a table.
 
 "Billed input" weighs tokens as they are priced: input x1, cache writes x1.25, cache
 reads x0.1. Host overhead is the time a turn spends in Palaver, excluding the time
-spent waiting on the agent's stream (the SDK and the model).
+spent waiting on the agent's stream (the SDK and the model). The fake Messages API runs
+in a child process, so its own work is not counted as Palaver's.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -105,7 +107,46 @@ def billed(usage: list[dict[str, int]]) -> tuple[int, int, float]:
     return total, read, weighted
 
 
-async def palaver_run(fake: FakeAnthropic, turns: int, token_limit: int, tmp: str) -> list[Any]:
+class RemoteFake:
+    """The fake Messages API in a child process, driven over a pipe."""
+
+    def __init__(self) -> None:
+        self._pipe, child = multiprocessing.Pipe()
+        self._process = multiprocessing.get_context("spawn").Process(
+            target=fake_main, args=(child,), daemon=True
+        )
+        self._process.start()
+        self.url: str = self._pipe.recv()
+
+    def call(self, command: str) -> Any:
+        self._pipe.send(command)
+        return self._pipe.recv()
+
+    def stop(self) -> None:
+        self.call("stop")
+        self._process.join(10)
+
+
+def fake_main(pipe: Any) -> None:
+    async def serve() -> None:
+        async with FakeAnthropic(responder=reply_text) as fake:
+            pipe.send(fake.url)
+            loop = asyncio.get_running_loop()
+            while True:
+                command = await loop.run_in_executor(None, pipe.recv)
+                if command == "log":
+                    pipe.send((fake.usage_log, [r["model"] for r in fake.requests]))
+                elif command == "reset":
+                    fake.reset()
+                    pipe.send("ok")
+                else:
+                    pipe.send("bye")
+                    return
+
+    asyncio.run(serve())
+
+
+async def palaver_run(fake: RemoteFake, turns: int, token_limit: int, tmp: str) -> list[Any]:
     path = Path(tmp) / "palaver.toml"
     path.write_text("")
     config = load_config(
@@ -140,13 +181,12 @@ async def palaver_run(fake: FakeAnthropic, turns: int, token_limit: int, tmp: st
     assert session is not None
     summaries = len(await app.manager.summaries(session.id, include_superseded=True))
     await app.stop()
-    chat_usage = [
-        u for u, r in zip(fake.usage_log, fake.requests, strict=True) if r["model"] == model
-    ]
+    usage_log, models = fake.call("log")
+    chat_usage = [u for u, m in zip(usage_log, models, strict=True) if m == model]
     return [chat_usage, overheads, summaries]
 
 
-async def naive_run(fake: FakeAnthropic, turns: int) -> list[dict[str, int]]:
+async def naive_run(fake: RemoteFake, turns: int) -> list[dict[str, int]]:
     """The whole history every turn, no cache_control: what a naive bot pays."""
     client = anthropic.AsyncAnthropic(api_key="test-key", base_url=fake.url, max_retries=0)
     history: list[dict[str, Any]] = []
@@ -155,10 +195,20 @@ async def naive_run(fake: FakeAnthropic, turns: int) -> list[dict[str, int]]:
     for i in range(turns):
         history.append({"role": "user", "content": user_text(i)})
         reply = await client.messages.create(
-            model="naive", max_tokens=1024, system=system, messages=history
+            model="naive",
+            max_tokens=1024,
+            system=system,
+            messages=history,  # type: ignore[arg-type]
         )
         history.append({"role": "assistant", "content": reply.content[0].text})  # type: ignore[union-attr]
-        usage.append(fake.usage_log[-1])
+        u = reply.usage
+        usage.append(
+            {
+                "input_tokens": u.input_tokens,
+                "cache_read_input_tokens": u.cache_read_input_tokens or 0,
+                "cache_creation_input_tokens": u.cache_creation_input_tokens or 0,
+            }
+        )
     await client.close()
     return usage
 
@@ -168,11 +218,14 @@ async def main() -> None:
     parser.add_argument("--turns", type=int, default=300)
     parser.add_argument("--token-limit", type=int, default=20_000)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        async with FakeAnthropic(responder=reply_text) as fake:
+    fake = RemoteFake()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
             usage, overheads, summaries = await palaver_run(fake, args.turns, args.token_limit, tmp)
-            fake.reset()
-            naive = await naive_run(fake, args.turns)
+        fake.call("reset")
+        naive = await naive_run(fake, args.turns)
+    finally:
+        fake.stop()
     total, read, weighted = billed(usage)
     n_total, _n_read, n_weighted = billed(naive)
     rows = [

@@ -81,6 +81,8 @@ class Palaver:
             base_url=settings.base_url or None,
             max_retries=0,
             timeout=settings.timeout_s,
+            # aiohttp under the SDK: a fraction of httpx's CPU per streamed call.
+            http_client=anthropic.DefaultAioHttpClient(timeout=settings.timeout_s),
         )
         agent = ClaudeAgent(client, settings, Pricing(settings))
         return agent, ClaudeSummarizer(client, settings), client
