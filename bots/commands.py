@@ -59,7 +59,8 @@ def parse_command(text: str) -> tuple[str, str] | None:
     stripped = text.strip()
     if not stripped.startswith("/") or len(stripped) < 2:
         return None
-    head, _, rest = stripped[1:].partition(" ")
+    head, *tail = stripped[1:].split(maxsplit=1)
+    rest = tail[0] if tail else ""
     name = head.split("@", 1)[0].lower()
     if not name.replace("_", "").isalnum():
         return None

@@ -89,6 +89,7 @@ async def test_bad_input_through_the_turn_is_rejected_plainly(manager: SessionMa
 def test_parse_command() -> None:
     assert parse_command("/reset") == ("reset", "")
     assert parse_command("/Status@palaver_bot now") == ("status", "now")
+    assert parse_command("/export\njson") == ("export", "json")
     assert parse_command("hello /reset") is None
     assert parse_command("/") is None
     assert parse_command("/../etc") is None
