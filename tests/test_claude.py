@@ -339,7 +339,8 @@ async def test_a_failing_summarizer_falls_back_then_upgrades(
     def summarizer_down(body: dict[str, Any]) -> str:
         if body["model"] == SUMMARIZER:
             raise RuntimeError("summarizer down")
-        return "ok: " + body["messages"][-1]["content"][-1]["text"][:40]
+        last: str = body["messages"][-1]["content"][-1]["text"]
+        return "ok: " + last[:40]
 
     try:
         session_id = None
