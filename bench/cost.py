@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import anthropic
 
 from agents.base import Agent, AgentEvent, AgentRequest
+from bench.common import format_table, pct
 from bots.access import Actor
 from bots.app import Palaver
 from bots.config import load_config
@@ -85,11 +86,6 @@ class TimedAgent:
                 return
             self.waited += time.perf_counter() - started
             yield event
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def billed(usage: list[dict[str, int]]) -> tuple[int, int, float]:
@@ -244,10 +240,7 @@ async def main() -> None:
         f"{args.turns} turns, token_limit {args.token_limit:,}, {os.cpu_count()} cores, "
         f"load {os.getloadavg()[0]:.2f}"
     )
-    header = ("case", "measure", "value", "target")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+    print(format_table(("case", "measure", "value", "target"), rows))
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ from pydantic import SecretStr
 
 from agents.base import Agent, AgentEvent, AgentReply, AgentRequest, TextDelta
 from agents.settings import ClaudeSettings
+from bench.common import format_table, pct
 from bots.app import Palaver
 from bots.config import (
     AccessSettings,
@@ -79,11 +80,6 @@ GUILD = 9_000_000_000_000_000_000
 FIRST_USER = 8_000_000_000_000_000_000
 QUESTION = re.compile(r"\bq(\d+)\b")
 Row = tuple[str, ...]
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
 def answer_to(question: str) -> str:
@@ -423,11 +419,7 @@ def table(rows: list[Row]) -> str:
         "fakes CPU",
         "errors",
     )
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    lines = [" | ".join(c.rjust(w) for c, w in zip(head, widths, strict=True))]
-    lines.append("-+-".join("-" * w for w in widths))
-    lines += [" | ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
+    return format_table(head, rows)
 
 
 def main() -> None:

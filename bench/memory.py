@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import format_table, pct
 from memory.database import Database, migrate, open_database
 from memory.manager import SessionManager
 from memory.settings import DatabaseSettings, MemorySettings
@@ -33,11 +34,6 @@ from memory.tokens import TokenCounter
 from memory.types import ChatKey, Role
 
 Row = tuple[str, str, str, str]
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def rss_bytes() -> int:
@@ -216,11 +212,7 @@ async def main() -> None:
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}, SQLite {__import__('sqlite3').sqlite_version}"
     )
-    widths = [
-        max(len(r[i]) for r in [("case", "measure", "value", "target"), *rows]) for i in range(4)
-    ]
-    for row in [("case", "measure", "value", "target"), *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+    print(format_table(("case", "measure", "value", "target"), rows))
 
 
 if __name__ == "__main__":

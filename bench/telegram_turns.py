@@ -47,6 +47,7 @@ from pydantic import SecretStr
 
 from agents.base import Agent, AgentEvent, AgentReply, AgentRequest, TextDelta
 from agents.settings import ClaudeSettings, SpendSettings
+from bench.common import format_table, pct
 from bots.app import Palaver
 from bots.config import (
     AccessSettings,
@@ -68,11 +69,6 @@ API_KEY = "bench-key"
 FIRST_CHAT = 10_000
 WARM_UP_CHAT = FIRST_CHAT - 1
 Row = tuple[str, ...]
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
 # -- the fakes' process ------------------------------------------------------------------------
@@ -353,11 +349,7 @@ def table(rows: list[Row]) -> str:
         "fakes CPU",
         "errors",
     )
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    lines = [" | ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in [head]]
-    lines.append("-+-".join("-" * w for w in widths))
-    lines += [" | ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
+    return format_table(head, rows)
 
 
 def main() -> None:

@@ -396,15 +396,20 @@ class Store:
         # SQLite's BEGIN IMMEDIATE already holds the write lock; PostgreSQL locks rows.
         return query if self.db.is_sqlite else query.with_for_update()
 
-    async def _lock_session(self, conn: AsyncConnection, session_id: int) -> Mapping[Any, Any]:
-        row = (
-            (await conn.execute(self._locked(select(sessions).where(sessions.c.id == session_id))))
-            .mappings()
-            .first()
-        )
+    async def _session_row(
+        self, conn: AsyncConnection, session_id: int, *, lock: bool = False
+    ) -> Mapping[Any, Any]:
+        """The session's row (locked for writing with ``lock``), or SessionNotFound."""
+        query = select(sessions).where(sessions.c.id == session_id)
+        if lock:
+            query = self._locked(query)
+        row = (await conn.execute(query)).mappings().first()
         if row is None:
             raise SessionNotFound(f"session {session_id} does not exist")
         return row
+
+    async def _lock_session(self, conn: AsyncConnection, session_id: int) -> Mapping[Any, Any]:
+        return await self._session_row(conn, session_id, lock=True)
 
     async def _bump(
         self, conn: AsyncConnection, row: Mapping[Any, Any], **values: Any
@@ -521,14 +526,7 @@ class Store:
 
     async def get_session(self, session_id: int) -> SessionInfo:
         async with translate_errors(), self.db.reader.connect() as conn:
-            row = (
-                (await conn.execute(select(sessions).where(sessions.c.id == session_id)))
-                .mappings()
-                .first()
-            )
-        if row is None:
-            raise SessionNotFound(f"session {session_id} does not exist")
-        return session_info(row)
+            return session_info(await self._session_row(conn, session_id))
 
     async def current_session(self, key: ChatKey) -> tuple[SessionInfo | None, int | None]:
         """The chat's current session (project or private) and its active project id.
@@ -846,14 +844,7 @@ class Store:
     async def snapshot(self, session_id: int) -> Snapshot:
         """The session, its active summaries and the messages not yet summarized."""
         async with translate_errors(), self.db.reader.begin() as conn:
-            row = (
-                (await conn.execute(select(sessions).where(sessions.c.id == session_id)))
-                .mappings()
-                .first()
-            )
-            if row is None:
-                raise SessionNotFound(f"session {session_id} does not exist")
-            info = session_info(row)
+            info = session_info(await self._session_row(conn, session_id))
             active = await conn.execute(
                 select(summaries)
                 .where(summaries.c.session_id == session_id, summaries.c.superseded_by.is_(None))
