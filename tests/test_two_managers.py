@@ -216,6 +216,7 @@ async def main(url, sid, tag, count, shared):
         if start // 10 < shared:
             batch.append(dup(start // 10))
         await asyncio.gather(*batch)
+        await asyncio.sleep(0.01)  # keep writing long enough to overlap the parent
     await manager.close()
     await database.dispose()
     print("done", flush=True)
@@ -273,6 +274,7 @@ async def test_two_processes_append_to_one_sqlite_session(sqlite_url: str) -> No
             if start // 10 < shared:
                 batch.append(dup(start // 10))
             mine.extend(await asyncio.gather(*batch))
+            await asyncio.sleep(0.01)  # keep writing long enough to overlap the child
         out, err = await asyncio.wait_for(child.communicate(), 60)
         assert child.returncode == 0, err.decode()
         assert out == b"done\n"
