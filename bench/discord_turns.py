@@ -57,7 +57,7 @@ from pydantic import SecretStr
 
 from agents.base import Agent, AgentEvent, AgentReply, AgentRequest, TextDelta
 from agents.settings import ClaudeSettings
-from bench.common import format_table, pct
+from bench.common import turns_row, turns_table
 from bots.app import Palaver
 from bots.config import (
     AccessSettings,
@@ -377,49 +377,7 @@ def scenario(
     urls = parent.recv()
     result = asyncio.run(run_bot(url, urls, parent, layer, latency))
     fakes.join(30)
-    turns = channels * messages
-    model = sum(result["model"]) / max(1, len(result["model"]))
-    e2e = [t - model for t in result["e2e"]]
-    overhead = result["overhead"]
-    ideal = channels / latency if latency else 0.0
-    rate = result["rate"]
-    ms = 1000.0
-    return (
-        LAYERS[layer],
-        f"{channels} x {messages}",
-        f"{latency:g} s",
-        "staggered" if stagger else "lock step",
-        f"{rate:.0f}",
-        f"{ideal:.0f}" if ideal else "-",
-        f"{rate / ideal:.0%}" if ideal else "-",
-        f"{pct(overhead, 0.5) * ms:.1f}",
-        f"{pct(overhead, 0.99) * ms:.1f}",
-        f"{pct(e2e, 0.5) * ms:.1f}",
-        f"{pct(e2e, 0.99) * ms:.1f}",
-        f"{result['cpu'] / turns * ms:.1f}",
-        f"{result['fake_cpu'] / turns * ms:.1f}",
-        str(result["errors"]),
-    )
-
-
-def table(rows: list[Row]) -> str:
-    head = (
-        "what runs",
-        "channels x msgs",
-        "model",
-        "start",
-        "turns/s",
-        "ideal",
-        "eff",
-        "ovh p50 ms",
-        "ovh p99 ms",
-        "e2e p50 ms",
-        "e2e p99 ms",
-        "bot CPU ms/turn",
-        "fakes CPU",
-        "errors",
-    )
-    return format_table(head, rows)
+    return turns_row(LAYERS[layer], channels, messages, latency, stagger, result)
 
 
 def main() -> None:
@@ -461,7 +419,7 @@ def main() -> None:
         f"{os.cpu_count()} CPUs, load average {json.dumps(load)} before, "
         f"{json.dumps(os.getloadavg())} after"
     )
-    print(table(rows))
+    print(turns_table("channels", rows))
 
 
 if __name__ == "__main__":

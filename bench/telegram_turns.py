@@ -47,7 +47,7 @@ from pydantic import SecretStr
 
 from agents.base import Agent, AgentEvent, AgentReply, AgentRequest, TextDelta
 from agents.settings import ClaudeSettings, SpendSettings
-from bench.common import format_table, pct
+from bench.common import turns_row, turns_table
 from bots.app import Palaver
 from bots.config import (
     AccessSettings,
@@ -307,49 +307,7 @@ def scenario(chats: int, messages: int, latency: float, url: str, layer: str, st
     urls = parent.recv()
     result = asyncio.run(run_bot(url, urls, parent, layer, latency))
     fakes.join(30)
-    turns = chats * messages
-    model = sum(result["model"]) / max(1, len(result["model"]))
-    e2e = [t - model for t in result["e2e"]]
-    overhead = result["overhead"]
-    ideal = chats / latency if latency else 0.0
-    rate = result["rate"]
-    ms = 1000.0
-    return (
-        LAYERS[layer],
-        f"{chats} x {messages}",
-        f"{latency:g} s",
-        "staggered" if stagger else "lock step",
-        f"{rate:.0f}",
-        f"{ideal:.0f}" if ideal else "-",
-        f"{rate / ideal:.0%}" if ideal else "-",
-        f"{pct(overhead, 0.5) * ms:.1f}",
-        f"{pct(overhead, 0.99) * ms:.1f}",
-        f"{pct(e2e, 0.5) * ms:.1f}",
-        f"{pct(e2e, 0.99) * ms:.1f}",
-        f"{result['cpu'] / turns * ms:.1f}",
-        f"{result['fake_cpu'] / turns * ms:.1f}",
-        str(result["errors"]),
-    )
-
-
-def table(rows: list[Row]) -> str:
-    head = (
-        "what runs",
-        "chats x msgs",
-        "model",
-        "start",
-        "turns/s",
-        "ideal",
-        "eff",
-        "ovh p50 ms",
-        "ovh p99 ms",
-        "e2e p50 ms",
-        "e2e p99 ms",
-        "bot CPU ms/turn",
-        "fakes CPU",
-        "errors",
-    )
-    return format_table(head, rows)
+    return turns_row(LAYERS[layer], chats, messages, latency, stagger, result)
 
 
 def main() -> None:
@@ -389,7 +347,7 @@ def main() -> None:
         f"Telegram turns, {database}; Python {platform.python_version()}, "
         f"{os.cpu_count()} CPUs, load average {json.dumps(os.getloadavg())}"
     )
-    print(table(rows))
+    print(turns_table("chats", rows))
 
 
 if __name__ == "__main__":
