@@ -44,10 +44,12 @@ class TokenCounter:
     def count(self, text: str) -> int:
         if not text:
             return 0
-        return len(self._encoding.encode(text, disallowed_special=()))
+        # Special-token markers in chat text are just text: encode_ordinary treats
+        # them so, and skips the special-token scan encode() does first.
+        return len(self._encoding.encode_ordinary(text))
 
     def count_many(self, texts: Iterable[str]) -> list[int]:
-        return [len(t) for t in self._encoding.encode_batch(list(texts), disallowed_special=())]
+        return [len(t) for t in self._encoding.encode_ordinary_batch(list(texts))]
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 - few distinct prompts, one counter per app
     def count_cached(self, text: str) -> int:
