@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from memory.checkpoint import WalCheckpointer
 from memory.errors import StoreUnavailable
 from memory.settings import DatabaseSettings
 
@@ -39,12 +40,21 @@ class Database:
     url: str
     reader: AsyncEngine
     writer: AsyncEngine
+    # SQLite only: the write connection leaves checkpoints to this (memory.checkpoint).
+    checkpointer: WalCheckpointer | None = field(default=None)
 
     @property
     def is_sqlite(self) -> bool:
         return self.reader.dialect.name == "sqlite"
 
+    def note_write(self) -> None:
+        """Writes that bypass SQLAlchemy's commit report here (Store's hot path)."""
+        if self.checkpointer is not None:
+            self.checkpointer.note_write()
+
     async def dispose(self) -> None:
+        if self.checkpointer is not None:
+            await self.checkpointer.close()
         await self.writer.dispose()
         if self.reader is not self.writer:
             await self.reader.dispose()
@@ -72,6 +82,9 @@ def _sqlite_engine(url: str, settings: DatabaseSettings, *, immediate: bool) -> 
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={int(settings.busy_timeout_ms)}")
         cursor.execute(f"PRAGMA synchronous={settings.sqlite_synchronous}")
+        if immediate:
+            # No checkpoint inside a commit: WalCheckpointer runs them beside writes.
+            cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
@@ -89,7 +102,13 @@ def open_database(url: str, settings: DatabaseSettings) -> Database:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         writer = _sqlite_engine(url, settings, immediate=True)
         reader = _sqlite_engine(url, settings, immediate=False)
-        return Database(url, reader, writer)
+        checkpointer = WalCheckpointer(reader)
+
+        @event.listens_for(writer.sync_engine, "commit")
+        def _on_commit(_conn: Connection) -> None:
+            checkpointer.note_write()
+
+        return Database(url, reader, writer, checkpointer)
     if parsed.get_backend_name() == "postgresql":
         engine = create_async_engine(
             url,

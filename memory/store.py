@@ -9,12 +9,11 @@ trusts a stale copy: that, not process memory, is what keeps several processes s
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Select,
@@ -243,36 +242,6 @@ def _identity(value: Any) -> Any:
     return value
 
 
-class _DriverTransaction(Protocol):
-    async def fetch(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]: ...
-
-    async def many(self, sql: str, rows: list[tuple[Any, ...]]) -> int: ...
-
-
-class _CoreTransaction:
-    def __init__(self, conn: AsyncConnection) -> None:
-        self._conn = conn
-
-    async def fetch(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        return [tuple(r) for r in (await self._conn.exec_driver_sql(sql, params)).all()]
-
-    async def many(self, sql: str, rows: list[tuple[Any, ...]]) -> int:
-        return int((await self._conn.exec_driver_sql(sql, rows)).rowcount)
-
-
-class _AiosqliteTransaction:
-    def __init__(self, driver: Any) -> None:
-        self._driver = driver
-
-    async def fetch(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        cursor = await self._driver.execute(sql, params)
-        return [tuple(r) for r in await cursor.fetchall()]
-
-    async def many(self, sql: str, rows: list[tuple[Any, ...]]) -> int:
-        cursor = await self._driver.executemany(sql, rows)
-        return int(cursor.rowcount)
-
-
 class _StaleHint(Exception):
     """A session row moved since this process last wrote it: read it, then retry."""
 
@@ -361,6 +330,61 @@ class _BulkAppend:
             SessionStatus.ACTIVE.value,
             sid,
         )
+
+    def update_sql(self, check_version: bool) -> str:
+        return self.update_if_version if check_version else self.update
+
+    def plan(
+        self,
+        items: Sequence[NewMessage],
+        locked: dict[int, _Tally],
+        now: datetime,
+        *,
+        check_version: bool,
+    ) -> tuple[AppendOutcome, list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """Seqs, stored messages and the rows of both statements for one batch.
+
+        ``locked`` holds each session's last seq and version as the transaction
+        sees them; an item whose session is missing fails alone.
+        """
+        stamp = self.time(now)
+        results: list[StoredMessage | BaseException] = []
+        outcome = AppendOutcome(results)
+        inserts: list[tuple[Any, ...]] = []
+        for item in items:
+            state = locked.get(item.session_id)
+            if state is None:
+                results.append(SessionNotFound(f"session {item.session_id} does not exist"))
+                continue
+            state.last_seq += 1
+            state.count += 1
+            state.tokens += item.token_count
+            u = item.usage
+            if u is not None:
+                state.usage = state.usage + u
+            inserts.append(self.insert_row(item, state.last_seq, stamp))
+            results.append(
+                StoredMessage(
+                    item.session_id,
+                    state.last_seq,
+                    item.role,
+                    item.text,
+                    item.token_count,
+                    item.author_id,
+                    item.author_name,
+                    item.platform_message_id,
+                    now,
+                    item.metadata or {},
+                    u,
+                )
+            )
+        updates: list[tuple[Any, ...]] = []
+        for sid, t in locked.items():
+            if t.count:
+                row = self.update_row(sid, t, stamp)
+                updates.append((*row, t.version) if check_version else row)
+                outcome.deltas[sid] = SessionDelta(sid, t.version, t.version + 1)
+        return outcome, updates, inserts
 
     def insert_row(self, item: NewMessage, seq: int, stamp: Any) -> tuple[Any, ...]:
         u = item.usage
@@ -745,88 +769,78 @@ class Store:
     async def _append_batch(
         self, items: Sequence[NewMessage], hints: Mapping[int, tuple[int, int]] | None
     ) -> AppendOutcome:
-        bulk = self._bulk
         now = utcnow()
-        stamp = bulk.time(now)
-        results: list[StoredMessage | BaseException] = []
-        outcome = AppendOutcome(results)
         session_ids = sorted({i.session_id for i in items})
-        optimistic = (
-            hints is not None and self.db.is_sqlite and all(s in hints for s in session_ids)
-        )
-        async with self._driver_transaction() as tx:
-            if optimistic:
-                assert hints is not None
-                locked = {sid: _Tally(*hints[sid]) for sid in session_ids}
-            else:
-                rows = await tx.fetch(bulk.lock(len(session_ids)), tuple(session_ids))
-                locked = {sid: _Tally(last_seq, version) for sid, last_seq, version in rows}
-            inserts: list[tuple[Any, ...]] = []
-            for item in items:
-                state = locked.get(item.session_id)
-                if state is None:
-                    results.append(SessionNotFound(f"session {item.session_id} does not exist"))
-                    continue
-                state.last_seq += 1
-                state.count += 1
-                state.tokens += item.token_count
-                u = item.usage
-                if u is not None:
-                    state.usage = state.usage + u
-                inserts.append(bulk.insert_row(item, state.last_seq, stamp))
-                results.append(
-                    StoredMessage(
-                        item.session_id,
-                        state.last_seq,
-                        item.role,
-                        item.text,
-                        item.token_count,
-                        item.author_id,
-                        item.author_name,
-                        item.platform_message_id,
-                        now,
-                        item.metadata or {},
-                        u,
-                    )
-                )
-            updates: list[tuple[Any, ...]] = []
-            for sid, t in locked.items():
-                if t.count:
-                    row = bulk.update_row(sid, t, stamp)
-                    updates.append((*row, t.version) if optimistic else row)
-                    outcome.deltas[sid] = SessionDelta(sid, t.version, t.version + 1)
-            if inserts:
-                if optimistic:
-                    if await tx.many(bulk.update_if_version, updates) != len(updates):
-                        raise _StaleHint
-                else:
-                    await tx.many(bulk.update, updates)
-                await tx.many(bulk.insert, inserts)
-        return outcome
-
-    @contextlib.asynccontextmanager
-    async def _driver_transaction(self) -> AsyncIterator[_DriverTransaction]:
-        """A write transaction for the hot path's plain SQL.
-
-        On SQLite it talks to the pooled aiosqlite connection itself: through the
-        SQLAlchemy adapter every statement costs several trips to the driver's
-        thread; here each costs one. The connection, its pragmas and its pool stay
-        SQLAlchemy's. PostgreSQL goes through the adapter as everything else does.
-        """
         if self.db.is_sqlite:
+            optimistic = hints is not None and all(s in hints for s in session_ids)
             async with self.db.writer.connect() as conn:
                 raw = await conn.get_raw_connection()
                 driver: Any = raw.driver_connection
-                await driver.execute("BEGIN IMMEDIATE")
-                try:
-                    yield _AiosqliteTransaction(driver)
-                except BaseException:
-                    await driver.rollback()
-                    raise
-                await driver.commit()
-        else:
-            async with self.db.writer.begin() as conn:
-                yield _CoreTransaction(conn)
+                # aiosqlite runs one callable at a time on the connection's own
+                # thread; the whole transaction is one such call, so a batch costs
+                # one hand-off instead of one per statement.
+                outcome: AppendOutcome = await driver._execute(
+                    self._sqlite_append,
+                    driver._conn,
+                    items,
+                    session_ids,
+                    hints if optimistic else None,
+                    now,
+                )
+            self.db.note_write()
+            return outcome
+        bulk = self._bulk
+        async with self.db.writer.begin() as conn:
+            result = await conn.exec_driver_sql(bulk.lock(len(session_ids)), tuple(session_ids))
+            rows: list[tuple[int, int, int]] = [tuple(r) for r in result]
+            locked = {sid: _Tally(last_seq, version) for sid, last_seq, version in rows}
+            outcome, updates, inserts = bulk.plan(items, locked, now, check_version=False)
+            if inserts:
+                await conn.exec_driver_sql(bulk.update, updates)
+                await conn.exec_driver_sql(bulk.insert, inserts)
+        return outcome
+
+    def _sqlite_append(
+        self,
+        conn: sqlite3.Connection,
+        items: Sequence[NewMessage],
+        session_ids: list[int],
+        hints: Mapping[int, tuple[int, int]] | None,
+        now: datetime,
+    ) -> AppendOutcome:
+        """The SQLite append, run on the driver's thread as one transaction.
+
+        With ``hints`` it skips reading the session rows and updates them only where
+        the version still matches; if a row moved (another process wrote), it rolls
+        back and runs again behind a read of the rows, still on this thread.
+        """
+        bulk = self._bulk
+        while True:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if hints is not None:
+                    locked = {sid: _Tally(*hints[sid]) for sid in session_ids}
+                else:
+                    rows = conn.execute(bulk.lock(len(session_ids)), session_ids).fetchall()
+                    locked = {sid: _Tally(last_seq, version) for sid, last_seq, version in rows}
+                outcome, updates, inserts = bulk.plan(
+                    items, locked, now, check_version=hints is not None
+                )
+                if inserts:
+                    if conn.executemany(
+                        bulk.update_sql(hints is not None), updates
+                    ).rowcount != len(updates):
+                        raise _StaleHint
+                    conn.executemany(bulk.insert, inserts)
+            except _StaleHint:
+                conn.rollback()
+                hints = None
+                continue
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+            return outcome
 
     async def messages(
         self, session_id: int, *, after: int = 0, through: int | None = None

@@ -1,0 +1,81 @@
+"""WAL checkpoints off the write path.
+
+SQLite's automatic checkpoint runs inside whichever commit pushes the WAL past
+1,000 pages: that one commit copies the log into the database and syncs it, and
+every add_message riding it waits ~10 ms. So the write connection turns automatic
+checkpoints off, and this checkpointer runs a PASSIVE checkpoint on a read
+connection (its own driver thread) shortly after writes. PASSIVE never takes the
+write lock, so commits go on while it copies; once it has copied everything, the
+next writer starts the WAL from the top again, which keeps the file bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+log = logging.getLogger(__name__)
+
+
+class WalCheckpointer:
+    """Checkpoints the WAL ``interval_s`` after writes; idle databases cost nothing."""
+
+    def __init__(self, engine: AsyncEngine, interval_s: float = 0.5) -> None:
+        self._engine = engine
+        self.interval_s = interval_s
+        self._dirty = False
+        self._wrote = False
+        self._closed = False
+        self._task: asyncio.Task[None] | None = None
+
+    def note_write(self) -> None:
+        """A write committed: checkpoint soon. Cheap enough for every commit."""
+        self._dirty = True
+        self._wrote = True
+        if self._task is None and not self._closed:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # a synchronous caller (migrations): the next write will do
+                return
+            self._task = loop.create_task(self._run(), name="palaver-wal-checkpoint")
+
+    async def checkpoint(self, mode: str = "PASSIVE") -> tuple[int, int, int]:
+        """Run one checkpoint: (busy, frames in the WAL, frames copied)."""
+        async with self._engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver: Any = raw.driver_connection
+            # On the raw connection, outside any transaction: a checkpoint inside a
+            # read transaction could not pass that reader's snapshot.
+            cursor = await driver.execute(f"PRAGMA wal_checkpoint({mode})")
+            row = await cursor.fetchone()
+            await cursor.close()
+        busy, frames, copied = row
+        return int(busy), int(frames), int(copied)
+
+    async def _run(self) -> None:
+        try:
+            while self._dirty and not self._closed:
+                self._dirty = False
+                await asyncio.sleep(self.interval_s)
+                try:
+                    await self.checkpoint()
+                except Exception as error:  # a locked or vanished file: try after the next write
+                    log.debug("WAL checkpoint skipped: %s", error)
+        finally:
+            self._task = None
+
+    async def close(self) -> None:
+        """Stop, and fold the whole WAL into the database if this process wrote."""
+        self._closed = True
+        task = self._task
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if self._wrote:
+            try:
+                await self.checkpoint("TRUNCATE")
+            except Exception as error:  # another process holds it; it will checkpoint
+                log.debug("final WAL checkpoint skipped: %s", error)
