@@ -8,25 +8,28 @@ ordinary deferred transactions, which WAL lets run beside the writer.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Connection, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from memory.checkpoint import WalCheckpointer
 from memory.errors import StoreUnavailable
 from memory.settings import DatabaseSettings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+_T = TypeVar("_T")
 
 
 def sqlite_url(data_dir: Path) -> str:
@@ -42,6 +45,9 @@ class Database:
     writer: AsyncEngine
     # SQLite only: the write connection leaves checkpoints to this (memory.checkpoint).
     checkpointer: WalCheckpointer | None = field(default=None)
+    # SQLite only: a read connection kept checked out for run_read().
+    _pinned: AsyncConnection | None = field(default=None, init=False)
+    _pinning: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
 
     @property
     def is_sqlite(self) -> bool:
@@ -52,9 +58,32 @@ class Database:
         if self.checkpointer is not None:
             self.checkpointer.note_write()
 
+    async def run_read(self, read: Callable[..., _T], *args: Any) -> _T:
+        """Run ``read(sqlite3_connection, *args)`` on a read connection's own thread.
+
+        For the reads every turn makes: through SQLAlchemy's adapter one SELECT costs
+        a pool checkout, several hand-offs to the driver's thread and a rollback on
+        return; here it is one hand-off. The connection is one of the read pool's,
+        kept checked out, outside any transaction (each statement sees the latest
+        commit). SQLite only.
+        """
+        pinned = self._pinned
+        if pinned is None:
+            async with self._pinning:
+                if self._pinned is None:
+                    self._pinned = await self.reader.connect()
+                pinned = self._pinned
+        raw = await pinned.get_raw_connection()
+        driver: Any = raw.driver_connection
+        result: _T = await driver._execute(read, driver._conn, *args)
+        return result
+
     async def dispose(self) -> None:
         if self.checkpointer is not None:
             await self.checkpointer.close()
+        if self._pinned is not None:
+            await self._pinned.close()
+            self._pinned = None
         await self.writer.dispose()
         if self.reader is not self.writer:
             await self.reader.dispose()

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Select,
     String,
     Table,
+    bindparam,
     case,
     delete,
     func,
@@ -242,6 +243,30 @@ def _identity(value: Any) -> Any:
     return value
 
 
+class _SqliteRead:
+    """A Core SELECT compiled once for the sqlite3 driver, for Database.run_read.
+
+    Values come back through the dialect's own result processors, so a row reads
+    exactly as it would through SQLAlchemy (datetimes, JSON).
+    """
+
+    def __init__(self, query: Select[Any], dialect: Any) -> None:
+        compiled = query.compile(dialect=dialect)
+        self.sql = str(compiled)
+        self.params = list(compiled.positiontup or ())
+        self.keys = [str(c.key) for c in query.selected_columns]
+        self.processors = [
+            c.type.dialect_impl(dialect).result_processor(dialect, None) or _identity
+            for c in query.selected_columns
+        ]
+
+    def __call__(self, conn: sqlite3.Connection, values: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Runs on the driver's thread: the rows, as mappings."""
+        rows = conn.execute(self.sql, [values[name] for name in self.params]).fetchall()
+        keys, processors = self.keys, self.processors
+        return [{k: p(v) for k, p, v in zip(keys, processors, row, strict=True)} for row in rows]
+
+
 class _StaleHint(Exception):
     """A session row moved since this process last wrote it: read it, then retry."""
 
@@ -409,12 +434,32 @@ class _BulkAppend:
         )
 
 
+_CURRENT_SESSION: Select[Any] = (
+    select(bindings.c.active_project_id.label("bound_project_id"), sessions)
+    .select_from(
+        bindings.outerjoin(projects, projects.c.id == bindings.c.active_project_id).outerjoin(
+            sessions,
+            sessions.c.id
+            == case(
+                (bindings.c.active_project_id.is_not(None), projects.c.current_session_id),
+                else_=bindings.c.current_session_id,
+            ),
+        )
+    )
+    .where(bindings.c.chat_ref == bindparam("ref"))
+)
+_SESSION_VERSION: Select[Any] = select(sessions.c.version).where(sessions.c.id == bindparam("id"))
+
+
 class Store:
     """Async access to one database."""
 
     def __init__(self, database: Database) -> None:
         self.db = database
         self._bulk = _BulkAppend(database.writer.dialect)
+        dialect = database.reader.dialect
+        self._current_read = _SqliteRead(_CURRENT_SESSION, dialect) if database.is_sqlite else None
+        self._version_read = _SqliteRead(_SESSION_VERSION, dialect) if database.is_sqlite else None
 
     def _locked(self, query: _Q) -> _Q:
         # SQLite's BEGIN IMMEDIATE already holds the write lock; PostgreSQL locks rows.
@@ -557,21 +602,14 @@ class Store:
 
         One round trip: this runs at the start of every turn.
         """
-        current = case(
-            (bindings.c.active_project_id.is_not(None), projects.c.current_session_id),
-            else_=bindings.c.current_session_id,
-        )
-        query = (
-            select(bindings.c.active_project_id.label("bound_project_id"), sessions)
-            .select_from(
-                bindings.outerjoin(
-                    projects, projects.c.id == bindings.c.active_project_id
-                ).outerjoin(sessions, sessions.c.id == current)
-            )
-            .where(bindings.c.chat_ref == key.ref)
-        )
-        async with translate_errors(), self.db.reader.connect() as conn:
-            row = (await conn.execute(query)).mappings().first()
+        if self._current_read is not None:
+            async with translate_errors():
+                rows = await self.db.run_read(self._current_read, {"ref": key.ref})
+            row: Mapping[str, Any] | None = rows[0] if rows else None
+        else:
+            async with translate_errors(), self.db.reader.connect() as conn:
+                result = await conn.execute(_CURRENT_SESSION, {"ref": key.ref})
+                row = result.mappings().first()
         if row is None:
             return None, None
         project_id = row["bound_project_id"]
@@ -892,10 +930,13 @@ class Store:
             return [summary_record(r) for r in rows.mappings()]
 
     async def session_version(self, session_id: int) -> int | None:
+        if self._version_read is not None:
+            async with translate_errors():
+                rows = await self.db.run_read(self._version_read, {"id": session_id})
+            return int(rows[0]["version"]) if rows else None
         async with translate_errors(), self.db.reader.connect() as conn:
-            return (
-                await conn.execute(select(sessions.c.version).where(sessions.c.id == session_id))
-            ).scalar_one_or_none()
+            version = (await conn.execute(_SESSION_VERSION, {"id": session_id})).scalar()
+        return None if version is None else int(version)
 
     # -- summaries ------------------------------------------------------------------
 

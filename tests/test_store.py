@@ -156,6 +156,32 @@ async def test_open_session_same_key_same_session(store: Store) -> None:
     assert [e["name"] for e in await store.events(first.id, "lifecycle")] == ["created"]
 
 
+async def test_current_session_reads_every_column_as_get_session_does(store: Store) -> None:
+    """current_session has its own read path on SQLite: it must agree field for field."""
+    session = await open_(store, TG)
+    await stored(
+        store,
+        [
+            msg(session.id, "question", 5, key=TG, pid="m1"),
+            msg(session.id, "answer", 7, role=Role.ASSISTANT, usage=Usage(120, 30, 80, 10, 0.0042)),
+        ],
+    )
+    await store.update_state(session.id, {"lang": "en", "deep": {"a": [1, 2]}})
+    await set_columns(
+        store,
+        session.id,
+        carried_summary="carried over",
+        closing_summary="closing",
+        ended_at=utcnow(),
+    )
+    current, project_id = await store.current_session(TG)
+    assert project_id is None
+    assert current == await store.get_session(session.id)
+    assert current is not None and current.usage.cost_usd == pytest.approx(0.0042)
+    assert current.state == {"lang": "en", "deep": {"a": [1, 2]}}
+    assert current.ended_at is not None and current.ended_at.tzinfo is not None
+
+
 async def test_force_new_ends_the_old_session_and_binds_a_new_one(store: Store) -> None:
     old = await open_(store, TG)
     await stored(store, [msg(old.id, "keep me", 3)])
