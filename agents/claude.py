@@ -14,9 +14,14 @@ import logging
 import random
 import re
 from collections.abc import AsyncIterator
-from typing import Any
 
 import anthropic
+from anthropic.types import (
+    CacheControlEphemeralParam,
+    MessageParam,
+    RawMessageStreamEvent,
+    TextBlockParam,
+)
 
 from agents.base import (
     AgentError,
@@ -32,13 +37,13 @@ from memory.types import Context, Role, Usage
 
 log = logging.getLogger(__name__)
 
-EPHEMERAL = {"type": "ephemeral"}
+EPHEMERAL: CacheControlEphemeralParam = {"type": "ephemeral"}
 _TOO_LONG = re.compile(r"prompt is too long: (\d+) tokens")
 
 
-def build_request(context: Context) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def build_request(context: Context) -> tuple[list[TextBlockParam], list[MessageParam]]:
     """System blocks and messages for the Messages API, with cache breakpoints."""
-    system: list[dict[str, Any]] = []
+    system: list[TextBlockParam] = []
     if context.system:
         system.append({"type": "text", "text": context.system})
     if context.summaries:
@@ -48,16 +53,17 @@ def build_request(context: Context) -> tuple[list[dict[str, Any]], list[dict[str
         system.append({"type": "text", "text": text})
     if system:
         system[-1]["cache_control"] = EPHEMERAL
-    messages: list[dict[str, Any]] = [
-        {
-            "role": "assistant" if m.role is Role.ASSISTANT else "user",
-            "content": [{"type": "text", "text": m.text}],
-        }
-        for m in context.messages
-    ]
-    if messages:
-        messages[-1]["content"][-1]["cache_control"] = EPHEMERAL
+    blocks: list[TextBlockParam] = [{"type": "text", "text": m.text} for m in context.messages]
+    if blocks:
+        blocks[-1]["cache_control"] = EPHEMERAL
+    messages = [_message(m.role, block) for m, block in zip(context.messages, blocks, strict=True)]
     return system, messages
+
+
+def _message(role: Role, block: TextBlockParam) -> MessageParam:
+    if role is Role.ASSISTANT:
+        return {"role": "assistant", "content": [block]}
+    return {"role": "user", "content": [block]}
 
 
 def _retry_after(error: anthropic.APIStatusError) -> float | None:
@@ -66,6 +72,55 @@ def _retry_after(error: anthropic.APIStatusError) -> float | None:
         return float(value) if value is not None else None
     except ValueError:
         return None
+
+
+class _Accumulated:
+    """What a reply's stream events add up to: text, usage, model, stop reason."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.parts: list[str] = []
+        self.streamed = False
+        self.stop_reason: str | None = None
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.cache_read_tokens = 0
+        self.cache_write_tokens = 0
+
+    def add(self, event: RawMessageStreamEvent) -> str | None:
+        """Take one event in; the text it adds, if any."""
+        if event.type == "content_block_delta":
+            if event.delta.type == "text_delta":
+                self.streamed = True
+                self.parts.append(event.delta.text)
+                return event.delta.text
+        elif event.type == "message_start":
+            message = event.message
+            self.model = message.model
+            self.input_tokens = message.usage.input_tokens
+            self.output_tokens = message.usage.output_tokens
+            self.cache_read_tokens = message.usage.cache_read_input_tokens or 0
+            self.cache_write_tokens = message.usage.cache_creation_input_tokens or 0
+        elif event.type == "message_delta":
+            self.stop_reason = event.delta.stop_reason
+            # Totals so far, not increments; the optional ones only when they changed.
+            u = event.usage
+            self.output_tokens = u.output_tokens
+            if u.input_tokens is not None:
+                self.input_tokens = u.input_tokens
+            if u.cache_read_input_tokens is not None:
+                self.cache_read_tokens = u.cache_read_input_tokens
+            if u.cache_creation_input_tokens is not None:
+                self.cache_write_tokens = u.cache_creation_input_tokens
+        return None
+
+    def usage(self) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            cache_read_tokens=self.cache_read_tokens,
+            cache_write_tokens=self.cache_write_tokens,
+        )
 
 
 class ClaudeAgent:
@@ -86,37 +141,35 @@ class ClaudeAgent:
         system, messages = build_request(request.context)
         attempt = 0
         while True:
-            streamed = False
+            reply = _Accumulated(request.model)
             try:
-                async with self._client.messages.stream(
+                # The raw event stream, not messages.stream(): that helper rebuilds a
+                # snapshot of the whole message on every event, which a chat bot that
+                # only shows text does not need (it was a tenth of a turn's CPU).
+                events = await self._client.messages.create(
                     model=request.model,
                     max_tokens=request.max_tokens,
-                    system=system,  # type: ignore[arg-type]
-                    messages=messages,  # type: ignore[arg-type]
-                ) as stream:
-                    async for text in stream.text_stream:
-                        streamed = True
-                        yield TextDelta(text)
-                    final = await stream.get_final_message()
-            except anthropic.APIStatusError as error:
-                wait = self._classify_status(error, attempt, streamed)
-            except (anthropic.APITimeoutError, anthropic.APIConnectionError) as error:
-                wait = self._classify_network(error, attempt, streamed)
-            else:
-                text = "".join(b.text for b in final.content if b.type == "text")
-                u = final.usage
-                usage = Usage(
-                    input_tokens=u.input_tokens,
-                    output_tokens=u.output_tokens,
-                    cache_read_tokens=u.cache_read_input_tokens or 0,
-                    cache_write_tokens=u.cache_creation_input_tokens or 0,
+                    system=system,
+                    messages=messages,
+                    stream=True,
                 )
-                if final.stop_reason == "max_tokens":
+                async with events:
+                    async for event in events:
+                        text = reply.add(event)
+                        if text:
+                            yield TextDelta(text)
+            except anthropic.APIStatusError as error:
+                wait = self._classify_status(error, attempt, reply.streamed)
+            except (anthropic.APITimeoutError, anthropic.APIConnectionError) as error:
+                wait = self._classify_network(error, attempt, reply.streamed)
+            else:
+                text = "".join(reply.parts)
+                if reply.stop_reason == "max_tokens":
                     text += "\n\n(The answer was cut off at the length limit.)"
                 yield AgentReply(
                     text,
-                    self._pricing.priced(request.model, usage),
-                    final.model,
+                    self._pricing.priced(request.model, reply.usage()),
+                    reply.model,
                     request.context.estimated_tokens,
                 )
                 return
