@@ -28,9 +28,9 @@ TEXT = "a line of chat that fills pages " * 40
 async def _write(path: Path, interval_s: float) -> tuple[Database, SessionManager, int]:
     """Open a manager, empty the WAL, then store ~1,500 pages of messages."""
     database = open_database(f"sqlite+aiosqlite:///{path}", DatabaseSettings())
-    await migrate(database)
     assert database.checkpointer is not None
-    database.checkpointer.interval_s = interval_s
+    database.checkpointer.interval_s = interval_s  # before the first write schedules one
+    await migrate(database)
     manager = SessionManager(Store(database), TokenCounter(), MemorySettings())
     await manager.start()
     await database.checkpointer.checkpoint("TRUNCATE")
