@@ -21,7 +21,7 @@ from memory.cache import CachedSession, SessionCache, carried_block
 from memory.context import Block, TailMessage, build_context
 from memory.errors import InvalidMessage, PalaverError
 from memory.settings import MemorySettings
-from memory.store import AppendOutcome, NewMessage, SessionDelta, Store, utcnow
+from memory.store import AppendOutcome, NewMessage, SessionDelta, Snapshot, Store, utcnow
 from memory.summarizer import ExtractiveSummarizer, Summarizer, SummaryInput, SummaryText
 from memory.tokens import MESSAGE_OVERHEAD, TokenCounter
 from memory.types import (
@@ -133,11 +133,13 @@ class SessionManager:
             # Stale but never finalized (the job did not run in time): its memory is
             # carried all the same.
             await self._write_closing_summary(session.id)
-        return await self.store.open_session(
-            key,
-            expire_after=expire_after,
-            carry_summary=self.settings.carry_closing_summary,
-            force_new=False,
+        return self._fresh(
+            await self.store.open_session(
+                key,
+                expire_after=expire_after,
+                carry_summary=self.settings.carry_closing_summary,
+                force_new=False,
+            )
         )
 
     async def reset(self, key: ChatKey) -> SessionInfo:
@@ -151,6 +153,25 @@ class SessionManager:
         )
         if current is not None:
             self.cache.drop(current.id)
+        return self._fresh(session)
+
+    def _fresh(self, session: SessionInfo) -> SessionInfo:
+        """Cache a session this process just read or created while it is still empty.
+
+        Its snapshot is all in ``session`` (no messages, no summaries), so the first
+        turn of a new chat needs no snapshot read, and its first append can take the
+        version-checked path. If another process wrote to it meanwhile, the version
+        check catches that as for any cached session.
+        """
+        if session.message_count == 0 and session.last_seq == 0:
+            if session.id not in self._hints:
+                self._hints[session.id] = (session.last_seq, session.version)
+            if self.cache.peek(session.id) is None:
+                carried = session.carried_summary
+                tokens = self.tokens.count_cached(carried_block(carried)) if carried else 0
+                start = max(session.summarized_through, session.context_start - 1)
+                snapshot = Snapshot(session, [], [], start + 1)
+                self.cache.put(CachedSession(snapshot, tokens))
         return session
 
     async def get(self, session_id: int) -> SessionInfo:

@@ -122,6 +122,7 @@ async def test_expire_then_open_starts_a_new_session_carrying_the_closing_summar
     assert expired.status is SessionStatus.EXPIRED and expired.ended_at is not None
     assert await manager.expire_sessions() == 0
 
+    misses = manager.cache.misses
     new = await manager.open(KEY)
     assert new.id != old.id
     assert (new.status, new.message_count, new.carried_summary) == (
@@ -134,6 +135,11 @@ async def test_expire_then_open_starts_a_new_session_carrying_the_closing_summar
     context = await manager.build_context(new.id, system_prompt="sys")
     assert context.summaries == (carried_block(closing),)
     assert [m.text for m in context.messages] == ["what was the code word?"]
+    # The new session was cached as it was created: its first context read nothing,
+    # and it is the context another process builds from the database.
+    assert manager.cache.misses == misses
+    cold = await (await make_manager()).build_context(new.id, system_prompt="sys")
+    assert cold == context
     # The carried summary stays first once the new session has summaries of its own.
     await talk(manager, new.id, [f"more {i}" for i in range(20)])
     assert await manager.fold(new.id) is not None
