@@ -243,26 +243,46 @@ def _identity(value: Any) -> Any:
     return value
 
 
+_REQUIRED = object()
+
+
 class _SqliteRead:
     """A Core SELECT compiled once for the sqlite3 driver, for Database.run_read.
 
-    Values come back through the dialect's own result processors, so a row reads
-    exactly as it would through SQLAlchemy (datetimes, JSON).
+    Values go in and come back through the dialect's own bind and result
+    processors, so a row reads exactly as it would through SQLAlchemy (datetimes,
+    JSON).
     """
 
     def __init__(self, query: Select[Any], dialect: Any) -> None:
         compiled = query.compile(dialect=dialect)
         self.sql = str(compiled)
-        self.params = list(compiled.positiontup or ())
+        binds = [compiled.binds[name] for name in compiled.positiontup or ()]
+        # (name, processor, value): a bound literal (the 0.0 of a coalesce) keeps
+        # its own value; a named bindparam must be given.
+        self.params = [
+            (
+                b.key,
+                b.type.dialect_impl(dialect).bind_processor(dialect),
+                _REQUIRED if b.required else b.effective_value,
+            )
+            for b in binds
+        ]
         self.keys = [str(c.key) for c in query.selected_columns]
         self.processors = [
             c.type.dialect_impl(dialect).result_processor(dialect, None) or _identity
             for c in query.selected_columns
         ]
 
-    def __call__(self, conn: sqlite3.Connection, values: Mapping[str, Any]) -> list[dict[str, Any]]:
+    def __call__(
+        self, conn: sqlite3.Connection, values: Mapping[str, Any]
+    ) -> list[Mapping[str, Any]]:
         """Runs on the driver's thread: the rows, as mappings."""
-        rows = conn.execute(self.sql, [values[name] for name in self.params]).fetchall()
+        args = []
+        for name, process, literal in self.params:
+            value = values[name] if literal is _REQUIRED else values.get(name, literal)
+            args.append(value if process is None else process(value))
+        rows = conn.execute(self.sql, args).fetchall()
         keys, processors = self.keys, self.processors
         return [{k: p(v) for k, p, v in zip(keys, processors, row, strict=True)} for row in rows]
 
@@ -449,6 +469,12 @@ _CURRENT_SESSION: Select[Any] = (
     .where(bindings.c.chat_ref == bindparam("ref"))
 )
 _SESSION_VERSION: Select[Any] = select(sessions.c.version).where(sessions.c.id == bindparam("id"))
+_SPEND: Select[Any] = select(
+    func.coalesce(func.sum(messages.c.cost_usd), 0.0).label("spent")
+).where(
+    messages.c.billed_to == bindparam("billed_to"),
+    messages.c.created_at >= bindparam("since"),
+)
 
 
 class Store:
@@ -458,8 +484,21 @@ class Store:
         self.db = database
         self._bulk = _BulkAppend(database.writer.dialect)
         dialect = database.reader.dialect
-        self._current_read = _SqliteRead(_CURRENT_SESSION, dialect) if database.is_sqlite else None
-        self._version_read = _SqliteRead(_SESSION_VERSION, dialect) if database.is_sqlite else None
+        # The reads every turn makes, compiled once for SQLite's fast path (_read).
+        self._fast: dict[int, _SqliteRead] = (
+            {id(q): _SqliteRead(q, dialect) for q in (_CURRENT_SESSION, _SESSION_VERSION, _SPEND)}
+            if database.is_sqlite
+            else {}
+        )
+
+    async def _read(self, query: Select[Any], values: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+        """Rows of one of the hot queries: one hand-off on SQLite, Core elsewhere."""
+        async with translate_errors():
+            fast = self._fast.get(id(query))
+            if fast is not None:
+                return await self.db.run_read(fast, values)
+            async with self.db.reader.connect() as conn:
+                return list((await conn.execute(query, values)).mappings())
 
     def _locked(self, query: _Q) -> _Q:
         # SQLite's BEGIN IMMEDIATE already holds the write lock; PostgreSQL locks rows.
@@ -602,14 +641,8 @@ class Store:
 
         One round trip: this runs at the start of every turn.
         """
-        if self._current_read is not None:
-            async with translate_errors():
-                rows = await self.db.run_read(self._current_read, {"ref": key.ref})
-            row: Mapping[str, Any] | None = rows[0] if rows else None
-        else:
-            async with translate_errors(), self.db.reader.connect() as conn:
-                result = await conn.execute(_CURRENT_SESSION, {"ref": key.ref})
-                row = result.mappings().first()
+        rows = await self._read(_CURRENT_SESSION, {"ref": key.ref})
+        row = rows[0] if rows else None
         if row is None:
             return None, None
         project_id = row["bound_project_id"]
@@ -930,13 +963,8 @@ class Store:
             return [summary_record(r) for r in rows.mappings()]
 
     async def session_version(self, session_id: int) -> int | None:
-        if self._version_read is not None:
-            async with translate_errors():
-                rows = await self.db.run_read(self._version_read, {"id": session_id})
-            return int(rows[0]["version"]) if rows else None
-        async with translate_errors(), self.db.reader.connect() as conn:
-            version = (await conn.execute(_SESSION_VERSION, {"id": session_id})).scalar()
-        return None if version is None else int(version)
+        rows = await self._read(_SESSION_VERSION, {"id": session_id})
+        return int(rows[0]["version"]) if rows else None
 
     # -- summaries ------------------------------------------------------------------
 
@@ -1273,11 +1301,8 @@ class Store:
 
     async def spend(self, *, billed_to: str, since: datetime) -> float:
         """USD charged to ``billed_to`` since ``since`` (indexed: billed_to, created_at)."""
-        query = select(func.coalesce(func.sum(messages.c.cost_usd), 0.0)).where(
-            messages.c.billed_to == billed_to, messages.c.created_at >= since
-        )
-        async with translate_errors(), self.db.reader.connect() as conn:
-            return float((await conn.execute(query)).scalar_one())
+        rows = await self._read(_SPEND, {"billed_to": billed_to, "since": since})
+        return float(rows[0]["spent"])
 
     async def usage_totals(self, by: str, *, since: datetime | None = None) -> dict[str, Usage]:
         """Reported usage and cost grouped by "user", "session", "project" or "day"."""

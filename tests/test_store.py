@@ -182,6 +182,37 @@ async def test_current_session_reads_every_column_as_get_session_does(store: Sto
     assert current.ended_at is not None and current.ended_at.tzinfo is not None
 
 
+async def test_spend_sums_one_users_cost_since_a_moment(store: Store) -> None:
+    session = await open_(store, TG)
+
+    def reply(cost: float, user: str | None) -> NewMessage:
+        return NewMessage(
+            session.id,
+            Role.ASSISTANT,
+            "answer",
+            3,
+            usage=Usage(10, 5, cost_usd=cost),
+            billed_to=user,
+        )
+
+    await stored(store, [reply(0.25, "telegram:1"), reply(0.5, "telegram:2"), reply(1.0, None)])
+    await stored(store, [reply(0.125, "telegram:1")])
+    # The first reply was yesterday's.
+    async with store.db.writer.begin() as conn:
+        await conn.execute(
+            update(messages)
+            .where(messages.c.session_id == session.id, messages.c.seq == 1)
+            .values(created_at=utcnow() - DAY)
+        )
+    midnight = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
+    assert await store.spend(billed_to="telegram:1", since=midnight) == pytest.approx(0.125)
+    assert await store.spend(billed_to="telegram:1", since=utcnow() - 2 * DAY) == pytest.approx(
+        0.375
+    )
+    assert await store.spend(billed_to="telegram:2", since=midnight) == pytest.approx(0.5)
+    assert await store.spend(billed_to="nobody", since=midnight) == 0.0
+
+
 async def test_force_new_ends_the_old_session_and_binds_a_new_one(store: Store) -> None:
     old = await open_(store, TG)
     await stored(store, [msg(old.id, "keep me", 3)])
