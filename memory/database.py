@@ -18,10 +18,11 @@ from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Connection, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
 
 from memory.checkpoint import WalCheckpointer
 from memory.errors import StoreUnavailable
@@ -48,6 +49,8 @@ class Database:
     # SQLite only: a read connection kept checked out for run_read().
     _pinned: AsyncConnection | None = field(default=None, init=False)
     _pinning: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
+    # SQLite only: a sync engine over the write connection's own sqlite3 handle.
+    _shadow: tuple[sqlite3.Connection, Engine] | None = field(default=None, init=False)
 
     @property
     def is_sqlite(self) -> bool:
@@ -77,6 +80,35 @@ class Database:
         driver: Any = raw.driver_connection
         result: _T = await driver._execute(read, driver._conn, *args)
         return result
+
+    async def run_write(self, transaction: Callable[[Connection], _T]) -> _T:
+        """Run ``transaction(connection)``, synchronous Core, in one write transaction.
+
+        On SQLite it runs on the write connection's own driver thread, through a
+        synchronous engine over that same sqlite3 handle: one hand-off for the whole
+        transaction instead of several per statement, still the single writer, so it
+        queues behind message batches instead of busy-waiting on a second connection.
+        Elsewhere it runs through ``AsyncConnection.run_sync``.
+        """
+        if not self.is_sqlite:
+            async with self.writer.begin() as conn:
+                return await conn.run_sync(transaction)
+        async with self.writer.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver: Any = raw.driver_connection
+            result: _T = await driver._execute(self._in_shadow, driver._conn, transaction)
+        self.note_write()
+        return result
+
+    def _in_shadow(self, handle: sqlite3.Connection, transaction: Callable[[Connection], _T]) -> _T:
+        """On the driver's thread: ``transaction`` in BEGIN IMMEDIATE on ``handle``."""
+        if self._shadow is None or self._shadow[0] is not handle:
+            # New, or the pool replaced its connection: an engine for this handle.
+            engine = create_engine("sqlite://", creator=lambda: handle, poolclass=StaticPool)
+            event.listen(engine, "begin", _begin_immediate)
+            self._shadow = (handle, engine)
+        with self._shadow[1].begin() as conn:
+            return transaction(conn)
 
     async def dispose(self) -> None:
         if self.checkpointer is not None:
@@ -116,11 +148,16 @@ def _sqlite_engine(url: str, settings: DatabaseSettings, *, immediate: bool) -> 
             cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
+    event.listen(engine.sync_engine, "begin", _begin_immediate if immediate else _begin)
     return engine
+
+
+def _begin(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN")
+
+
+def _begin_immediate(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def open_database(url: str, settings: DatabaseSettings) -> Database:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import (
+    Connection,
     Select,
     String,
     Table,
@@ -32,6 +33,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.dml import Update
 
 from memory.context import TailMessage
 from memory.database import Database, translate_errors
@@ -477,6 +479,15 @@ _SPEND: Select[Any] = select(
 )
 
 
+def _bump_statement(row: Mapping[Any, Any], **values: Any) -> Update:
+    """Write ``values`` to the session of ``row`` and move its version on by one."""
+    return (
+        update(sessions)
+        .where(sessions.c.id == row["id"])
+        .values(version=sessions.c.version + 1, **values)
+    )
+
+
 class Store:
     """Async access to one database."""
 
@@ -522,11 +533,7 @@ class Store:
     async def _bump(
         self, conn: AsyncConnection, row: Mapping[Any, Any], **values: Any
     ) -> SessionDelta:
-        await conn.execute(
-            update(sessions)
-            .where(sessions.c.id == row["id"])
-            .values(version=sessions.c.version + 1, **values)
-        )
+        await conn.execute(_bump_statement(row, **values))
         return SessionDelta(row["id"], row["version"], row["version"] + 1)
 
     # -- projects and bindings ------------------------------------------------------
@@ -598,25 +605,26 @@ class Store:
             return [project_of(r) for r in rows]
 
     async def set_active_project(self, key: ChatKey, project_id: int | None) -> None:
-        async with translate_errors(), self.db.writer.begin() as conn:
-            binding = await self._binding(conn, key, utcnow())
-            await conn.execute(
+        def transaction(conn: Connection) -> None:
+            binding = self._binding(conn, key, utcnow())
+            conn.execute(
                 update(bindings)
                 .where(bindings.c.id == binding["id"])
                 .values(active_project_id=project_id, updated_at=utcnow())
             )
 
-    async def _binding(
-        self, conn: AsyncConnection, key: ChatKey, now: datetime
-    ) -> Mapping[Any, Any]:
+        async with translate_errors():
+            await self.db.run_write(transaction)
+
+    def _binding(self, conn: Connection, key: ChatKey, now: datetime) -> Mapping[Any, Any]:
         """The chat's binding row, locked; created if missing, race-free across
         processes (INSERT ... ON CONFLICT DO NOTHING, then read)."""
         query = self._locked(select(bindings).where(bindings.c.chat_ref == key.ref))
-        row = (await conn.execute(query)).mappings().first()
+        row = conn.execute(query).mappings().first()
         if row is not None:
             return row
         dialect_insert = sqlite_insert if self.db.is_sqlite else pg_insert
-        await conn.execute(
+        conn.execute(
             dialect_insert(bindings)
             .values(
                 chat_ref=key.ref,
@@ -628,7 +636,7 @@ class Store:
             )
             .on_conflict_do_nothing(index_elements=["chat_ref"])
         )
-        return (await conn.execute(query)).mappings().one()
+        return conn.execute(query).mappings().one()
 
     # -- sessions -------------------------------------------------------------------
 
@@ -657,17 +665,14 @@ class Store:
         once agree on a single session.
         """
         now = utcnow()
-        async with translate_errors(), self.db.writer.begin() as conn:
-            binding = await self._binding(conn, key, now)
+
+        def transaction(conn: Connection) -> SessionInfo:
+            binding = self._binding(conn, key, now)
             project_id = binding["active_project_id"]
             project = None
             if project_id is not None:
                 project = (
-                    (
-                        await conn.execute(
-                            self._locked(select(projects).where(projects.c.id == project_id))
-                        )
-                    )
+                    conn.execute(self._locked(select(projects).where(projects.c.id == project_id)))
                     .mappings()
                     .one()
                 )
@@ -677,11 +682,7 @@ class Store:
             carried: str | None = None
             if current_id is not None:
                 row = (
-                    (
-                        await conn.execute(
-                            self._locked(select(sessions).where(sessions.c.id == current_id))
-                        )
-                    )
+                    conn.execute(self._locked(select(sessions).where(sessions.c.id == current_id)))
                     .mappings()
                     .first()
                 )
@@ -694,39 +695,37 @@ class Store:
                         return session_info(row)
                     if row["status"] in CONTINUABLE:
                         status = SessionStatus.ENDED if force_new else SessionStatus.EXPIRED
-                        await self._bump(conn, row, status=status, ended_at=now)
+                        conn.execute(_bump_statement(row, status=status, ended_at=now))
                     if carry_summary and not force_new:
                         carried = row["closing_summary"]
-            new_id = (
-                await conn.execute(
-                    insert(sessions)
-                    .values(
-                        scope="project" if project_id else "chat",
-                        chat_ref=None if project_id else key.ref,
-                        project_id=project_id,
-                        interface=key.interface,
-                        status=SessionStatus.ACTIVE,
-                        created_at=now,
-                        last_activity_at=now,
-                        state={},
-                        carried_summary=carried,
-                    )
-                    .returning(sessions.c.id)
+            new_id = conn.execute(
+                insert(sessions)
+                .values(
+                    scope="project" if project_id else "chat",
+                    chat_ref=None if project_id else key.ref,
+                    project_id=project_id,
+                    interface=key.interface,
+                    status=SessionStatus.ACTIVE,
+                    created_at=now,
+                    last_activity_at=now,
+                    state={},
+                    carried_summary=carried,
                 )
+                .returning(sessions.c.id)
             ).scalar_one()
             if project is not None:
-                await conn.execute(
+                conn.execute(
                     update(projects)
                     .where(projects.c.id == project_id)
                     .values(current_session_id=new_id)
                 )
             else:
-                await conn.execute(
+                conn.execute(
                     update(bindings)
                     .where(bindings.c.id == binding["id"])
                     .values(current_session_id=new_id, updated_at=now)
                 )
-            await conn.execute(
+            conn.execute(
                 insert(events).values(
                     session_id=new_id,
                     kind="lifecycle",
@@ -735,8 +734,11 @@ class Store:
                     created_at=now,
                 )
             )
-            created = await conn.execute(select(sessions).where(sessions.c.id == new_id))
+            created = conn.execute(select(sessions).where(sessions.c.id == new_id))
             return session_info(created.mappings().one())
+
+        async with translate_errors():
+            return await self.db.run_write(transaction)
 
     async def list_sessions(
         self,
