@@ -8,20 +8,25 @@ alternating, first turn from the user.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from memory.errors import InvalidMessage
 from memory.tokens import MESSAGE_OVERHEAD
 from memory.types import Context, ContextMessage, Role
 
+# A cached unsummarized message: (role, tokens, text, author), ``role`` being the
+# Role's plain string value. A plain tuple of strings and ints, not a NamedTuple:
+# CPython's collector stops tracking exact tuples of untracked values, so a large
+# cache adds nothing to its full passes (as NamedTuples holding Role members,
+# 50,000 cached messages made each full pass stall the loop for ~20 ms).
+TailMessage = tuple[str, int, str, str | None]
+ROLE: Final = 0
+TOKENS: Final = 1
 
-class TailMessage(NamedTuple):
-    """A cached unsummarized message: a tuple, to keep hot sessions small in memory."""
 
-    role: Role
-    tokens: int
-    text: str
-    author: str | None
+_USER, _ASSISTANT, _SYSTEM, _TOOL = (
+    r.value for r in (Role.USER, Role.ASSISTANT, Role.SYSTEM, Role.TOOL)
+)
 
 
 class Block(NamedTuple):
@@ -34,13 +39,14 @@ class Block(NamedTuple):
 def _render(message: TailMessage, label_authors: bool) -> str:
     """A user-side message as the model sees it: the Messages API knows only user and
     assistant, so notes and tool output travel as labelled user turns."""
-    if message.role is Role.SYSTEM:
-        return f"(note) {message.text}"
-    if message.role is Role.TOOL:
-        return f"(tool result) {message.text}"
-    if label_authors and message.author and message.role is Role.USER:
-        return f"[{message.author}] {message.text}"
-    return message.text
+    role, _tokens, text, author = message
+    if role == _SYSTEM:
+        return f"(note) {text}"
+    if role == _TOOL:
+        return f"(tool result) {text}"
+    if label_authors and author and role == _USER:
+        return f"[{author}] {text}"
+    return text
 
 
 def build_context(
@@ -62,7 +68,7 @@ def build_context(
     alone do not fit.
     """
     allowance = int(budget / factor)
-    newest = tail[-1].tokens + MESSAGE_OVERHEAD if tail else 0
+    newest = tail[-1][TOKENS] + MESSAGE_OVERHEAD if tail else 0
     if system.tokens + newest > allowance:
         what = "the newest message" if tail else "the system prompt"
         raise InvalidMessage(
@@ -78,7 +84,7 @@ def build_context(
     kept = 0
     used = 0
     for message in reversed(tail):
-        cost = message.tokens + MESSAGE_OVERHEAD
+        cost = message[TOKENS] + MESSAGE_OVERHEAD
         if used + cost > allowance:
             break
         used += cost
@@ -86,8 +92,8 @@ def build_context(
     window = tail[len(tail) - kept :]
     # The first turn must be the user's: leading assistant messages go.
     start = 0
-    while start < len(window) and window[start].role is Role.ASSISTANT:
-        used -= window[start].tokens + MESSAGE_OVERHEAD
+    while start < len(window) and window[start][ROLE] == _ASSISTANT:
+        used -= window[start][TOKENS] + MESSAGE_OVERHEAD
         start += 1
     merged: list[ContextMessage] = []
     parts: list[str] = []
@@ -95,24 +101,22 @@ def build_context(
     author: str | None = None
     user, assistant = Role.USER, Role.ASSISTANT
     for message in window[start:]:
-        role = message.role
-        if role is assistant:
-            text = message.text
+        stored_role, _tokens, text, message_author = message
+        role: Role
+        if stored_role == _ASSISTANT:
+            role = assistant
         else:
-            text = (
-                _render(message, label_authors)
-                if role is not user or label_authors
-                else (message.text)
-            )
+            if stored_role != _USER or label_authors:
+                text = _render(message, label_authors)
             role = user
         if role is current:
             parts.append(text)
-            if author != message.author:
+            if author != message_author:
                 author = None
             continue
         if current is not None:
             merged.append(ContextMessage(current, "\n\n".join(parts), author))
-        current, parts, author = role, [text], message.author
+        current, parts, author = role, [text], message_author
     if current is not None:
         merged.append(ContextMessage(current, "\n\n".join(parts), author))
     estimated = int((fixed + used) * factor)

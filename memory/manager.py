@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from memory.cache import CachedSession, SessionCache, carried_block
-from memory.context import Block, TailMessage, build_context
+from memory.context import TOKENS, Block, TailMessage, build_context
 from memory.errors import InvalidMessage, PalaverError
 from memory.settings import MemorySettings
 from memory.store import AppendOutcome, NewMessage, SessionDelta, Snapshot, Store, utcnow
@@ -317,7 +317,7 @@ class SessionManager:
                 last_seqs[sid] = result.seq
                 if cached(sid) is not None:
                     appended.setdefault(sid, []).append(
-                        TailMessage(item.role, item.token_count, item.text, item.author_name)
+                        (item.role.value, item.token_count, item.text, item.author_name)
                     )
         if len(self._hints) > _MAX_HINTS:
             self._hints.clear()
@@ -330,7 +330,7 @@ class SessionManager:
                 entry.tail.extend(news)
                 entry.last_seq += len(news)
                 entry.message_count += len(news)
-                entry.unsummarized_tokens += sum(m.tokens for m in news)
+                entry.unsummarized_tokens += sum(m[TOKENS] for m in news)
 
             self._apply(delta, extend)
 
@@ -631,8 +631,8 @@ class SessionManager:
         base = entry.base
         first = entry.tail_first_seq
         inputs = [
-            SummaryInput(first + i, m.role, m.text, m.author)
-            for i, m in enumerate(entry.tail[:fold])
+            SummaryInput(first + i, Role(role), text, author)
+            for i, (role, _tokens, text, author) in enumerate(entry.tail[:fold])
         ]
         result = await self._run_summarizer(inputs, None)
         text, tokens = self._bounded(result.text)
@@ -650,7 +650,7 @@ class SessionManager:
             self.cache.drop(session_id)
             return None
         record, delta = written
-        removed = sum(m.tokens for m in entry.tail[:fold])
+        removed = sum(m[TOKENS] for m in entry.tail[:fold])
 
         def folded(e: CachedSession) -> None:
             e.summarized_through = record.last_seq
@@ -755,7 +755,8 @@ class SessionManager:
         if entry.tail:
             first = entry.tail_first_seq
             inputs = [
-                SummaryInput(first + i, m.role, m.text, m.author) for i, m in enumerate(entry.tail)
+                SummaryInput(first + i, Role(role), text, author)
+                for i, (role, _tokens, text, author) in enumerate(entry.tail)
             ]
             parts.append((await self._run_summarizer(inputs, None)).text)
         if not parts:

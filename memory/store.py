@@ -946,11 +946,11 @@ class Store:
                 .where(m.session_id == session_id, m.seq > start, m.seq <= info.last_seq)
                 .order_by(m.seq)
             )
-            roles = {role.value: role for role in Role}
+            roles = {role.value: role.value for role in Role}  # one str object per role
             return Snapshot(
                 info,
                 [summary_record(r) for r in active.mappings()],
-                [TailMessage(roles[r[0]], r[1], r[2], r[3]) for r in tail.all()],
+                [(roles[r[0]], r[1], r[2], r[3]) for r in tail.all()],
                 start + 1,
             )
 

@@ -442,7 +442,7 @@ async def test_snapshot_tail_follows_summaries_and_clear(store: Store) -> None:
     assert snap.tail == [] and snap.session.context_start == 9
     await stored(store, [msg(session.id, "after clear", 4)])
     snap = await store.snapshot(session.id)
-    assert snap.tail_seqs == [9] and [m.text for m in snap.tail] == ["after clear"]
+    assert snap.tail_seqs == [9] and [text for _, _, text, _ in snap.tail] == ["after clear"]
     assert [s.text for s in snap.summaries] == ["one to five"]  # clear keeps summaries
     with pytest.raises(SessionNotFound):
         await store.snapshot(session.id + 999)
