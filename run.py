@@ -15,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-from bots.app import Palaver
+from bots.app import Palaver, freeze_startup_heap
 from bots.config import Config, ConfigError, load_config, render_config
 from bots.console import Console
 from bots.interface import Interface
@@ -41,6 +41,7 @@ async def serve(config: Config, *, console_only: bool) -> int:
             await interface.start()
             started.append(interface)
             print(f"palaver: {interface.name} is up", flush=True)
+        freeze_startup_heap()
         if not started:
             print(app.startup_hint(), flush=True)
             console = asyncio.create_task(Console(app.turn, app.commands).run())

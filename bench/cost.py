@@ -30,7 +30,7 @@ import anthropic
 from agents.base import Agent, AgentEvent, AgentRequest
 from bench.common import format_table, pct
 from bots.access import Actor
-from bots.app import Palaver
+from bots.app import Palaver, freeze_startup_heap
 from bots.config import load_config
 from bots.turn import Incoming, Outcome
 from memory.types import ChatKey
@@ -160,6 +160,7 @@ async def palaver_run(fake: RemoteFake, turns: int, token_limit: int, tmp: str) 
     )
     app = Palaver(config)
     await app.start()
+    freeze_startup_heap()  # as run.py does once everything is up
     timed = TimedAgent(app.turn.agent)
     app.turn.agent = timed
     key, actor = ChatKey("bench", "cost"), Actor("bench", "1", "Ada")

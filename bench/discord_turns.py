@@ -58,7 +58,7 @@ from pydantic import SecretStr
 from agents.base import Agent, AgentEvent, AgentReply, AgentRequest, TextDelta
 from agents.settings import ClaudeSettings
 from bench.common import turns_row, turns_table
-from bots.app import Palaver
+from bots.app import Palaver, freeze_startup_heap
 from bots.config import (
     AccessSettings,
     Config,
@@ -337,6 +337,7 @@ async def run_bot(
     bot = TimedBot(config.discord, TOKEN, turn, app.commands, guild_ready_timeout=0.1)
     bot.overhead, bot.model = [], []
     await bot.start()
+    freeze_startup_heap()  # as run.py does once everything is up
     loop = asyncio.get_running_loop()
     pipe.send("up")
     await loop.run_in_executor(None, pipe.recv)  # warmed up

@@ -27,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import format_table, pct
+from bots.app import freeze_startup_heap
 from memory.database import Database, migrate, open_database
 from memory.manager import SessionManager
 from memory.settings import DatabaseSettings, MemorySettings
@@ -47,6 +48,7 @@ async def build(url: str, **settings: object) -> tuple[SessionManager, Database]
     await migrate(database)
     manager = SessionManager(Store(database), TokenCounter(), MemorySettings(**settings))
     await manager.start()
+    freeze_startup_heap()  # as run.py does once everything is up
     return manager, database
 
 
@@ -192,7 +194,7 @@ async def memory_use(url: str) -> list[Row]:
     before = rss_bytes()
     for sid in ids:
         entry = await manager._entry(sid)
-        text_bytes += sum(sys.getsizeof(m.text) for m in entry.tail)
+        text_bytes += sum(sys.getsizeof(text) for _, _, text, _ in entry.tail)
     gc.collect()
     after = rss_bytes()
     per_session = (after - before - text_bytes) / len(ids)

@@ -48,7 +48,7 @@ from pydantic import SecretStr
 from agents.base import Agent, AgentEvent, AgentReply, AgentRequest, TextDelta
 from agents.settings import ClaudeSettings, SpendSettings
 from bench.common import turns_row, turns_table
-from bots.app import Palaver
+from bots.app import Palaver, freeze_startup_heap
 from bots.config import (
     AccessSettings,
     Config,
@@ -273,6 +273,7 @@ async def run_bot(
     bot = TimedBot(config.telegram, TOKEN, turn, app.commands)
     bot.overhead, bot.model = [], []
     await bot.start()
+    freeze_startup_heap()  # as run.py does once everything is up
     loop = asyncio.get_running_loop()
     pipe.send("up")
     await loop.run_in_executor(None, pipe.recv)  # warmed up

@@ -7,6 +7,7 @@ with their own config, several side by side if they like.
 
 from __future__ import annotations
 
+import gc
 import logging
 from dataclasses import dataclass
 
@@ -30,6 +31,19 @@ from memory.summarizer import Summarizer
 from memory.tokens import TokenCounter
 
 log = logging.getLogger(__name__)
+
+
+def freeze_startup_heap() -> None:
+    """Take what start-up loaded out of the garbage collector's full passes.
+
+    A host keeps its modules, engines, clients and settings for its whole life;
+    left in the collector's oldest generation, every full pass walks all of them
+    again (~90,000 objects, 20-50 ms on the benchmark machine: a stall of the one
+    event loop that every chat feels). Frozen, they are still freed by reference
+    counting if they are ever dropped. Called once, after start-up.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 @dataclass(slots=True)
