@@ -1,9 +1,37 @@
-"""What every benchmark here shares: percentiles and the printed table."""
+"""What every benchmark here shares: percentiles, the printed table, the model timer."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextvars
+import time
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
+
+from agents.base import Agent, AgentEvent, AgentRequest
+
+# The model time of the turn being handled: TimedAgent adds to it, the timed bot reads it.
+model_time: contextvars.ContextVar[list[float]] = contextvars.ContextVar("model_time")
+
+
+class TimedAgent:
+    """Adds the time spent in the agent to the turn it belongs to (via ``model_time``)."""
+
+    def __init__(self, inner: Agent) -> None:
+        self.inner = inner
+        self.name = inner.name
+
+    def stream(self, request: AgentRequest) -> AsyncIterator[AgentEvent]:
+        return self._stream(request)
+
+    async def _stream(self, request: AgentRequest) -> AsyncIterator[AgentEvent]:
+        began = time.perf_counter()
+        try:
+            async for event in self.inner.stream(request):
+                yield event
+        finally:
+            slot = model_time.get(None)
+            if slot is not None:
+                slot.append(time.perf_counter() - began)
 
 
 def pct(values: Sequence[float], q: float) -> float:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextvars
 import json
 import multiprocessing
 import os
@@ -55,9 +54,9 @@ from discord.gateway import DiscordWebSocket
 from discord.http import Route
 from pydantic import SecretStr
 
-from agents.base import Agent, AgentEvent, AgentReply, AgentRequest, TextDelta
+from agents.base import AgentEvent, AgentReply, AgentRequest, TextDelta
 from agents.settings import ClaudeSettings
-from bench.common import turns_row, turns_table
+from bench.common import TimedAgent, model_time, turns_row, turns_table
 from bots.app import Palaver, freeze_startup_heap
 from bots.config import (
     AccessSettings,
@@ -228,29 +227,6 @@ def fakes_main(
 
 # -- the bot's process -------------------------------------------------------------------
 
-_model_time: contextvars.ContextVar[list[float]] = contextvars.ContextVar("model_time")
-
-
-class TimedAgent:
-    """Adds the time spent in the agent to the turn it belongs to (via a context var)."""
-
-    def __init__(self, inner: Agent) -> None:
-        self.inner = inner
-        self.name = inner.name
-
-    def stream(self, request: AgentRequest) -> AsyncIterator[AgentEvent]:
-        return self._stream(request)
-
-    async def _stream(self, request: AgentRequest) -> AsyncIterator[AgentEvent]:
-        began = time.perf_counter()
-        try:
-            async for event in self.inner.stream(request):
-                yield event
-        finally:
-            slot = _model_time.get(None)
-            if slot is not None:
-                slot.append(time.perf_counter() - began)
-
 
 class SleepAgent:
     """An in-process model: waits ``latency`` seconds, then answers (no SDK, no HTTP)."""
@@ -281,7 +257,7 @@ class AdapterOnlyTurn(Turn):
     ) -> TurnResult:
         began = time.perf_counter()
         await asyncio.sleep(self.latency)
-        spent = _model_time.get(None)
+        spent = model_time.get(None)
         if spent is not None:
             spent.append(time.perf_counter() - began)
         return TurnResult(Outcome.REPLIED, answer_to(incoming.text))
@@ -298,7 +274,7 @@ class TimedBot(DiscordBot):
 
     async def on_message(self, message: discord.Message) -> None:
         spent: list[float] = []
-        _model_time.set(spent)
+        model_time.set(spent)
         began = time.perf_counter()
         await super().on_message(message)
         elapsed = time.perf_counter() - began

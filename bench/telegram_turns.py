@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextvars
 import json
 import multiprocessing
 import os
@@ -45,9 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pydantic import SecretStr
 
-from agents.base import Agent, AgentEvent, AgentReply, AgentRequest, TextDelta
+from agents.base import AgentEvent, AgentReply, AgentRequest, TextDelta
 from agents.settings import ClaudeSettings, SpendSettings
-from bench.common import turns_row, turns_table
+from bench.common import TimedAgent, model_time, turns_row, turns_table
 from bots.app import Palaver, freeze_startup_heap
 from bots.config import (
     AccessSettings,
@@ -169,29 +168,6 @@ def fakes_main(chats: int, messages: int, latency: float, stagger: float, pipe: 
 
 # -- the bot's process -------------------------------------------------------------------------
 
-_model_time: contextvars.ContextVar[list[float]] = contextvars.ContextVar("model_time")
-
-
-class TimedAgent:
-    """Adds the time spent in the agent to the turn it belongs to (via a context var)."""
-
-    def __init__(self, inner: Agent) -> None:
-        self.inner = inner
-        self.name = inner.name
-
-    def stream(self, request: AgentRequest) -> AsyncIterator[AgentEvent]:
-        return self._stream(request)
-
-    async def _stream(self, request: AgentRequest) -> AsyncIterator[AgentEvent]:
-        began = time.perf_counter()
-        try:
-            async for event in self.inner.stream(request):
-                yield event
-        finally:
-            slot = _model_time.get(None)
-            if slot is not None:
-                slot.append(time.perf_counter() - began)
-
 
 class SleepAgent:
     """An in-process model: waits ``latency`` seconds, then answers (no SDK, no HTTP)."""
@@ -218,7 +194,7 @@ class AdapterOnlyTurn:
         self.latency = latency
 
     async def handle(self, incoming: Incoming, *, on_progress: Any = None) -> TurnResult:
-        spent = _model_time.get(None)
+        spent = model_time.get(None)
         began = time.perf_counter()
         await asyncio.sleep(self.latency)
         if spent is not None:
@@ -237,7 +213,7 @@ class TimedBot(TelegramBot):
 
     async def handle_update(self, update: Any) -> None:
         spent: list[float] = []
-        _model_time.set(spent)
+        model_time.set(spent)
         began = time.perf_counter()
         await super().handle_update(update)
         elapsed = time.perf_counter() - began

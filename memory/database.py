@@ -76,9 +76,15 @@ class Database:
                 if self._pinned is None:
                     self._pinned = await self.reader.connect()
                 pinned = self._pinned
-        raw = await pinned.get_raw_connection()
-        driver: Any = raw.driver_connection
-        result: _T = await driver._execute(read, driver._conn, *args)
+        return await _on_driver_thread(pinned, read, *args)
+
+    async def run_on_writer(self, work: Callable[..., _T], *args: Any) -> _T:
+        """Run ``work(sqlite3_connection, *args)`` as one call on the write connection's
+        own thread: the single writer, so it queues behind the transactions before it.
+        ``work`` owns its transaction (BEGIN IMMEDIATE ... COMMIT). SQLite only."""
+        async with self.writer.connect() as conn:
+            result = await _on_driver_thread(conn, work, *args)
+        self.note_write()
         return result
 
     async def run_write(self, transaction: Callable[[Connection], _T]) -> _T:
@@ -93,12 +99,7 @@ class Database:
         if not self.is_sqlite:
             async with self.writer.begin() as conn:
                 return await conn.run_sync(transaction)
-        async with self.writer.connect() as conn:
-            raw = await conn.get_raw_connection()
-            driver: Any = raw.driver_connection
-            result: _T = await driver._execute(self._in_shadow, driver._conn, transaction)
-        self.note_write()
-        return result
+        return await self.run_on_writer(self._in_shadow, transaction)
 
     def _in_shadow(self, handle: sqlite3.Connection, transaction: Callable[[Connection], _T]) -> _T:
         """On the driver's thread: ``transaction`` in BEGIN IMMEDIATE on ``handle``."""
@@ -150,6 +151,18 @@ def _sqlite_engine(url: str, settings: DatabaseSettings, *, immediate: bool) -> 
 
     event.listen(engine.sync_engine, "begin", _begin_immediate if immediate else _begin)
     return engine
+
+
+async def _on_driver_thread(conn: AsyncConnection, work: Callable[..., _T], *args: Any) -> _T:
+    """``work(sqlite3_connection, *args)`` as one call on aiosqlite's connection thread.
+
+    aiosqlite runs one callable at a time there (Connection._execute, with its
+    sqlite3 handle _conn): the one place Palaver uses those private names.
+    """
+    raw = await conn.get_raw_connection()
+    driver: Any = raw.driver_connection
+    result: _T = await driver._execute(work, driver._conn, *args)
+    return result
 
 
 def _begin(conn: Connection) -> None:

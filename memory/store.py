@@ -496,8 +496,8 @@ class Store:
         self._bulk = _BulkAppend(database.writer.dialect)
         dialect = database.reader.dialect
         # The reads every turn makes, compiled once for SQLite's fast path (_read).
-        self._fast: dict[int, _SqliteRead] = (
-            {id(q): _SqliteRead(q, dialect) for q in (_CURRENT_SESSION, _SESSION_VERSION, _SPEND)}
+        self._fast: dict[Select[Any], _SqliteRead] = (
+            {q: _SqliteRead(q, dialect) for q in (_CURRENT_SESSION, _SESSION_VERSION, _SPEND)}
             if database.is_sqlite
             else {}
         )
@@ -505,7 +505,7 @@ class Store:
     async def _read(self, query: Select[Any], values: Mapping[str, Any]) -> list[Mapping[str, Any]]:
         """Rows of one of the hot queries: one hand-off on SQLite, Core elsewhere."""
         async with translate_errors():
-            fast = self._fast.get(id(query))
+            fast = self._fast.get(query)
             if fast is not None:
                 return await self.db.run_read(fast, values)
             async with self.db.reader.connect() as conn:
@@ -846,22 +846,11 @@ class Store:
         session_ids = sorted({i.session_id for i in items})
         if self.db.is_sqlite:
             optimistic = hints is not None and all(s in hints for s in session_ids)
-            async with self.db.writer.connect() as conn:
-                raw = await conn.get_raw_connection()
-                driver: Any = raw.driver_connection
-                # aiosqlite runs one callable at a time on the connection's own
-                # thread; the whole transaction is one such call, so a batch costs
-                # one hand-off instead of one per statement.
-                outcome: AppendOutcome = await driver._execute(
-                    self._sqlite_append,
-                    driver._conn,
-                    items,
-                    session_ids,
-                    hints if optimistic else None,
-                    now,
-                )
-            self.db.note_write()
-            return outcome
+            # The whole transaction is one call on the writer's thread: a batch costs
+            # one hand-off instead of one per statement.
+            return await self.db.run_on_writer(
+                self._sqlite_append, items, session_ids, hints if optimistic else None, now
+            )
         bulk = self._bulk
         async with self.db.writer.begin() as conn:
             result = await conn.exec_driver_sql(bulk.lock(len(session_ids)), tuple(session_ids))

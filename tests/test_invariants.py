@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 from collections.abc import AsyncIterator, Sequence
 
@@ -248,3 +249,19 @@ async def test_stacked_summaries_merge_into_a_higher_level(make_manager: Manager
     for (_, last), (first, _) in itertools.pairwise(covered):
         assert first == last + 1
     assert covered[-1][1] == info.summarized_through
+
+
+async def test_cached_messages_stay_out_of_the_garbage_collectors_passes(
+    manager: SessionManager,
+) -> None:
+    """A big cache must not lengthen full collections: its messages are untracked."""
+    session = await manager.open(ChatKey("telegram", "gc"))
+    await fill(manager, session.id, 6)  # appended to the entry cached at creation
+    appended = manager.cache.peek(session.id)
+    manager.cache.clear()
+    await manager.build_context(session.id)  # loaded from the database
+    loaded = manager.cache.peek(session.id)
+    gc.collect()
+    for entry in (appended, loaded):
+        assert entry is not None and len(entry.tail) == 6
+        assert not any(gc.is_tracked(message) for message in entry.tail)
