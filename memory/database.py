@@ -181,7 +181,7 @@ def open_database(url: str, settings: DatabaseSettings) -> Database:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         writer = _sqlite_engine(url, settings, immediate=True)
         reader = _sqlite_engine(url, settings, immediate=False)
-        checkpointer = WalCheckpointer(reader)
+        checkpointer = WalCheckpointer(reader, writer)
 
         @event.listens_for(writer.sync_engine, "commit")
         def _on_commit(_conn: Connection) -> None:

@@ -71,3 +71,26 @@ async def test_the_checkpointer_copies_the_wal_soon_after_writes(tmp_path: Path)
     finally:
         await manager.close()
         await database.dispose()
+
+
+async def test_the_wal_starts_over_while_writes_never_pause(tmp_path: Path) -> None:
+    """A checkpoint beside a stream of commits never sees the log's end, so SQLite
+    would append to the WAL for ever; the checkpointer must let it start over."""
+    path = tmp_path / "palaver.db"
+    database, manager, _ = await _write(path, interval_s=0.02)
+    try:
+        session = await manager.open(ChatKey("test", "stream"))
+        written = 0
+        deadline = asyncio.get_running_loop().time() + 1.5
+        while asyncio.get_running_loop().time() < deadline:
+            texts = [f"{written + i} {TEXT}" for i in range(50)]
+            await asyncio.gather(*(manager.add_message(session.id, Role.USER, t) for t in texts))
+            written += len(texts)
+        text_bytes = written * len(TEXT)
+        # Every message is in some WAL frame at least once: a log that never started
+        # over would hold them all. One that does holds a few intervals' worth.
+        assert text_bytes > 3000 * PAGE
+        assert size(f"{path}-wal") < text_bytes / 3
+    finally:
+        await manager.close()
+        await database.dispose()
