@@ -26,6 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from sqlalchemy.engine import make_url
+
 from bench.common import format_table, pct
 from bots.app import freeze_startup_heap
 from memory.database import Database, migrate, open_database
@@ -85,22 +87,30 @@ async def ingest(url: str, sessions: int, messages: int, rounds: int, label: str
 
     A round lasts about half a second, short enough for a noisy neighbour on a
     shared VM to move one round by a third, so the table shows the spread too.
+    The targets are the SQLite file's; PostgreSQL's figures are for comparison.
     """
     manager, database = await build(url)
     results = [
         await ingest_round(manager, sessions, messages, f"{label}-r{r}") for r in range(rounds)
     ]
+    # Without the checkpointer starting it over, the WAL would hold every round.
+    wal = Path(f"{make_url(url).database}-wal") if database.is_sqlite else None
+    wal_bytes = wal.stat().st_size if wal is not None and wal.exists() else 0
     await manager.close()
     await database.dispose()
     results.sort(key=lambda r: r[0])
     rate, latencies = results[len(results) // 2]
     spread = f"{results[0][0]:,.0f} .. {results[-1][0]:,.0f}"
-    return [
-        (f"ingest {label}", f"messages/s (median of {rounds})", f"{rate:,.0f}", ">= 20,000"),
+    rate_target, p99_target = (">= 20,000", "<= 10 ms") if wal is not None else ("-", "-")
+    rows = [
+        (f"ingest {label}", f"messages/s (median of {rounds})", f"{rate:,.0f}", rate_target),
         (f"ingest {label}", "messages/s, slowest .. fastest", spread, ""),
         (f"ingest {label}", "add_message p50", f"{pct(latencies, 0.5) * 1000:.2f} ms", ""),
-        (f"ingest {label}", "add_message p99", f"{pct(latencies, 0.99) * 1000:.2f} ms", "<= 10 ms"),
+        (f"ingest {label}", "add_message p99", f"{pct(latencies, 0.99) * 1000:.2f} ms", p99_target),
     ]
+    if wal is not None:
+        rows.append((f"ingest {label}", "WAL file at the end", f"{wal_bytes / 2**20:.1f} MiB", ""))
+    return rows
 
 
 async def context(url: str) -> list[Row]:
