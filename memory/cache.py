@@ -12,7 +12,7 @@ import time
 from collections import OrderedDict
 
 from memory.context import Block, TailMessage
-from memory.store import Snapshot
+from memory.store import Snapshot, tail_after
 from memory.types import SessionInfo
 
 
@@ -63,7 +63,7 @@ class CachedSession:
     @property
     def base(self) -> int:
         """The last seq that is summarized or cleared: the tail starts after it."""
-        return max(self.summarized_through, self.context_start - 1)
+        return tail_after(self.summarized_through, self.context_start)
 
     @property
     def unsummarized_count(self) -> int:

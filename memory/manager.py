@@ -167,12 +167,13 @@ class SessionManager:
             if session.id not in self._hints:
                 self._hints[session.id] = (session.last_seq, session.version)
             if self.cache.peek(session.id) is None:
-                carried = session.carried_summary
-                tokens = self.tokens.count_cached(carried_block(carried)) if carried else 0
-                start = max(session.summarized_through, session.context_start - 1)
-                snapshot = Snapshot(session, [], [], start + 1)
-                self.cache.put(CachedSession(snapshot, tokens))
+                self.cache.put(self._cache_entry(Snapshot.empty(session)))
         return session
+
+    def _cache_entry(self, snapshot: Snapshot) -> CachedSession:
+        carried = snapshot.session.carried_summary
+        tokens = self.tokens.count_cached(carried_block(carried)) if carried else 0
+        return CachedSession(snapshot, tokens)
 
     async def get(self, session_id: int) -> SessionInfo:
         return await self.store.get_session(session_id)
@@ -373,9 +374,7 @@ class SessionManager:
                 seen = self._loading[session_id]
             finally:
                 self._loading.pop(session_id, None)
-            carried = snapshot.session.carried_summary
-            tokens = self.tokens.count_cached(carried_block(carried)) if carried else 0
-            entry = CachedSession(snapshot, tokens)
+            entry = self._cache_entry(snapshot)
             if seen <= entry.version:
                 self.cache.put(entry)
                 return entry

@@ -118,6 +118,12 @@ class AppendOutcome:
     deltas: dict[int, SessionDelta] = field(default_factory=dict)
 
 
+def tail_after(summarized_through: int, context_start: int) -> int:
+    """The seq the unsummarized tail starts after: the last summarized message or the
+    last one a /clear hid, whichever is later."""
+    return max(summarized_through, context_start - 1)
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """What the cache holds of a session: its row, active summaries, unsummarized tail."""
@@ -126,6 +132,11 @@ class Snapshot:
     summaries: list[SummaryRecord]
     tail: list[TailMessage]  # contiguous: seqs tail_first_seq, tail_first_seq + 1, ...
     tail_first_seq: int
+
+    @classmethod
+    def empty(cls, info: SessionInfo) -> Snapshot:
+        """The snapshot of a session that has no messages yet: all of it is in ``info``."""
+        return cls(info, [], [], tail_after(info.summarized_through, info.context_start) + 1)
 
     @property
     def tail_seqs(self) -> list[int]:
@@ -527,9 +538,6 @@ class Store:
             raise SessionNotFound(f"session {session_id} does not exist")
         return row
 
-    async def _lock_session(self, conn: AsyncConnection, session_id: int) -> Mapping[Any, Any]:
-        return await self._session_row(conn, session_id, lock=True)
-
     async def _bump(
         self, conn: AsyncConnection, row: Mapping[Any, Any], **values: Any
     ) -> SessionDelta:
@@ -926,7 +934,7 @@ class Store:
                 .where(summaries.c.session_id == session_id, summaries.c.superseded_by.is_(None))
                 .order_by(summaries.c.first_seq)
             )
-            start = max(info.summarized_through, info.context_start - 1)
+            start = tail_after(info.summarized_through, info.context_start)
             # Only what a context needs, and only up to the row's last_seq, so the
             # tail matches the counters read above.
             m = messages.c
@@ -978,8 +986,8 @@ class Store:
         """
         now = utcnow()
         async with translate_errors(), self.db.writer.begin() as conn:
-            row = await self._lock_session(conn, session_id)
-            start = max(row["summarized_through"], row["context_start"] - 1) + 1
+            row = await self._session_row(conn, session_id, lock=True)
+            start = tail_after(row["summarized_through"], row["context_start"]) + 1
             stale = row["summarized_through"] != expected_through or first_seq != start
             if stale or last_seq > row["last_seq"]:
                 return None
@@ -1047,7 +1055,7 @@ class Store:
         """
         now = utcnow()
         async with translate_errors(), self.db.writer.begin() as conn:
-            row = await self._lock_session(conn, session_id)
+            row = await self._session_row(conn, session_id, lock=True)
             rows = (
                 (
                     await conn.execute(
@@ -1104,7 +1112,7 @@ class Store:
     async def clear_context(self, session_id: int) -> SessionDelta:
         """Start the context after the last message; messages and summaries are kept."""
         async with translate_errors(), self.db.writer.begin() as conn:
-            row = await self._lock_session(conn, session_id)
+            row = await self._session_row(conn, session_id, lock=True)
             delta = await self._bump(
                 conn, row, context_start=row["last_seq"] + 1, unsummarized_tokens=0
             )
@@ -1118,7 +1126,7 @@ class Store:
     ) -> tuple[dict[str, Any], SessionDelta]:
         """Merge ``patch`` into the session's state; a None value removes a key."""
         async with translate_errors(), self.db.writer.begin() as conn:
-            row = await self._lock_session(conn, session_id)
+            row = await self._session_row(conn, session_id, lock=True)
             state = dict(row["state"] or {})
             for k, v in patch.items():
                 if v is None:
@@ -1147,7 +1155,7 @@ class Store:
     ) -> SessionDelta:
         """Record a tool call, an error or a lifecycle event, and count it."""
         async with translate_errors(), self.db.writer.begin() as conn:
-            row = await self._lock_session(conn, session_id)
+            row = await self._session_row(conn, session_id, lock=True)
             await self._event(conn, session_id, kind, name, detail)
             counters: dict[str, Any] = {}
             if kind == "tool_call":
@@ -1174,7 +1182,7 @@ class Store:
         if status in (SessionStatus.EXPIRED, SessionStatus.ENDED):
             values["ended_at"] = now
         async with translate_errors(), self.db.writer.begin() as conn:
-            row = await self._lock_session(conn, session_id)
+            row = await self._session_row(conn, session_id, lock=True)
             await self._event(conn, session_id, "lifecycle", status.value, None)
             return await self._bump(conn, row, **values)
 
@@ -1341,7 +1349,7 @@ class Store:
             )
             if old is None or old["superseded_by"] is not None:
                 return None
-            row = await self._lock_session(conn, old["session_id"])
+            row = await self._session_row(conn, old["session_id"], lock=True)
             await conn.execute(
                 update(summaries)
                 .where(summaries.c.id == summary_id)
