@@ -126,6 +126,13 @@ def _code_span_end(s: str, i: int) -> int | None:
     return None
 
 
+def _skip_code(s: str, i: int) -> int:
+    """Past the code span opening at ``i`` (or its backticks, if it never closes):
+    nothing inside code is markup."""
+    end = _code_span_end(s, i)
+    return end if end is not None else i + _backtick_run(s, i)
+
+
 def _word_char(c: str) -> bool:
     return c.isalnum()
 
@@ -154,8 +161,7 @@ def _find_close(s: str, start: int, marker: str) -> int | None:
             j += 2
             continue
         if c == "`":
-            end = _code_span_end(s, j)
-            j = end if end is not None else j + _backtick_run(s, j)
+            j = _skip_code(s, j)
             continue
         if c == char:
             run = j
@@ -188,8 +194,7 @@ def _link(s: str, i: int) -> tuple[str, str, int] | None:
             j += 2
             continue
         if c == "`":
-            end = _code_span_end(s, j)
-            j = end if end is not None else j + _backtick_run(s, j)
+            j = _skip_code(s, j)
             continue
         if c == "[":
             depth += 1

@@ -137,6 +137,22 @@ def default_access() -> AccessSettings:
     return AccessSettings(allowed_users=[str(ALICE), f"discord:{BOB}"], admins=[f"discord:{ALICE}"])
 
 
+def make_turn(
+    manager: SessionManager,
+    agent: ScriptedAgent,
+    *,
+    access: AccessSettings | None = None,
+    per_minute: float = 600,
+) -> Turn:
+    return Turn(
+        manager,
+        agent,
+        AccessPolicy(access or default_access()),
+        RateLimiter(RateLimitSettings(per_minute=per_minute, burst=3)),
+        AgentSettings(),
+    )
+
+
 @pytest.fixture
 async def start(dc: FakeDiscord, manager: SessionManager) -> AsyncIterator[Start]:
     bots: list[DiscordBot] = []
@@ -149,13 +165,7 @@ async def start(dc: FakeDiscord, manager: SessionManager) -> AsyncIterator[Start
         **settings: Any,
     ) -> Harness:
         agent = agent or ScriptedAgent()
-        turn = Turn(
-            manager,
-            agent,
-            AccessPolicy(access or default_access()),
-            RateLimiter(RateLimitSettings(per_minute=per_minute, burst=3)),
-            AgentSettings(),
-        )
+        turn = make_turn(manager, agent, access=access, per_minute=per_minute)
         options = {"stream_edit_interval_s": 0.2, "connect_timeout_s": 5.0, **settings}
         bot = DiscordBot(
             DiscordSettings(**options), TOKEN, turn, Commands(turn), guild_ready_timeout=0.05
@@ -535,13 +545,7 @@ async def test_stop_lets_a_turn_in_flight_finish(start: Start, dc: FakeDiscord) 
 
 
 async def test_a_bad_token_is_a_clear_error(dc: FakeDiscord, manager: SessionManager) -> None:
-    turn = Turn(
-        manager,
-        ScriptedAgent(),
-        AccessPolicy(default_access()),
-        RateLimiter(RateLimitSettings()),
-        AgentSettings(),
-    )
+    turn = make_turn(manager, ScriptedAgent())
     bot = DiscordBot(DiscordSettings(), "not-the-token", turn, Commands(turn))
     with pytest.raises(PalaverError, match="Discord rejected DISCORD_BOT_TOKEN"):
         await bot.start()
@@ -549,13 +553,7 @@ async def test_a_bad_token_is_a_clear_error(dc: FakeDiscord, manager: SessionMan
 
 
 async def test_a_missing_message_content_intent_is_a_clear_error(manager: SessionManager) -> None:
-    turn = Turn(
-        manager,
-        ScriptedAgent(),
-        AccessPolicy(default_access()),
-        RateLimiter(RateLimitSettings()),
-        AgentSettings(),
-    )
+    turn = make_turn(manager, ScriptedAgent())
     async with FakeDiscord(token=TOKEN, privileged_intents=False) as fake:
         with fake.patch_discord():
             bot = DiscordBot(DiscordSettings(), TOKEN, turn, Commands(turn))
