@@ -1,7 +1,9 @@
 """Benchmark of Telegram turns end to end: prints a table.
 
-    python bench/telegram_turns.py [--chats 200] [--messages 5] [--latency 1.0]
-                                   [--overhead-chats 1,10,50] [--postgres URL]
+    python bench/telegram_turns.py [--chats 200] [--messages 10] [--latency 1.0]
+                                   [--overhead-chats 1,20] [--overhead-messages 50]
+                                   [--layers claude,agent,adapter] [--start staggered,lockstep]
+                                   [--postgres URL]
 
 The whole application runs as in production - Palaver (SQLite file, or PostgreSQL with
 --postgres), the Claude agent through the real anthropic SDK, the real python-telegram-bot
@@ -26,17 +28,12 @@ production. The machine's load average is printed with the table.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
-import multiprocessing
-import os
-import platform
 import random
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +41,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pydantic import SecretStr
 
-from agents.base import AgentEvent, AgentReply, AgentRequest, TextDelta
+from agents.base import AgentRequest
 from agents.settings import ClaudeSettings, SpendSettings
-from bench.common import TimedAgent, model_time, turns_row, turns_table
-from bots.app import Palaver, freeze_startup_heap
+from bench import turns
+from bench.turns import ClosedLoop, SleepAgent, TimedAgent, TurnTimer, measure, model_sleep
+from bots.app import Palaver
 from bots.config import (
     AccessSettings,
     Config,
@@ -59,7 +57,6 @@ from bots.config import (
 from bots.telegram_bot import TelegramBot
 from bots.turn import Incoming, Outcome, Turn, TurnResult
 from memory.settings import DatabaseSettings
-from memory.types import Usage
 from tests.fakes.anthropic_api import FakeAnthropic
 from tests.fakes.telegram_api import JSON, FakeTelegram
 
@@ -67,7 +64,7 @@ TOKEN = "123:BENCH"
 API_KEY = "bench-key"
 FIRST_CHAT = 10_000
 WARM_UP_CHAT = FIRST_CHAT - 1
-Row = tuple[str, ...]
+ANSWER = "A short answer."
 
 
 # -- the fakes' process ------------------------------------------------------------------------
@@ -84,16 +81,9 @@ class Users(FakeTelegram):
     def __init__(self, chats: int, messages: int, stagger: float) -> None:
         super().__init__(token=TOKEN)
         self.chats_n = chats
-        self.messages_n = messages
         self.stagger = stagger
+        self.loop = ClosedLoop(chats, messages)
         self.sent_at: dict[int, float] = {}
-        self.started: dict[int, float] = {}
-        self.finished: dict[int, float] = {}
-        self.replies: list[float] = []
-        self.e2e: list[float] = []
-        self.done = asyncio.Event()
-        self.pending = chats * messages
-        self.counts: dict[int, int] = {}
 
     async def warm_up(self) -> None:
         """One turn in a chat of its own first: imports, connections, caches."""
@@ -106,84 +96,35 @@ class Users(FakeTelegram):
         for i in range(self.chats_n):
             loop.call_later(rng.uniform(0, self.stagger), self._ask, FIRST_CHAT + i)
 
+    def error_count(self) -> int:
+        return len(self.errors)
+
     def _ask(self, chat: int) -> None:
-        n = self.counts.get(chat, 0)
-        self.counts[chat] = n + 1
+        n = self.loop.asking(chat)
         self.sent_at[chat] = time.perf_counter()
-        self.started.setdefault(chat, self.sent_at[chat])
         self.user_message(chat, f"message {n} from chat {chat}")
 
     async def _send_message(self, params: JSON) -> JSON:
         result = await super()._send_message(params)
         chat = int(params["chat_id"])
-        if chat == WARM_UP_CHAT:
-            return result
-        now = time.perf_counter()
-        self.e2e.append(now - self.sent_at[chat])
-        self.replies.append(now)
-        self.pending -= 1
-        if self.counts[chat] < self.messages_n:
+        if chat != WARM_UP_CHAT and self.loop.answered(chat, self.sent_at[chat]):
             self._ask(chat)
-        else:
-            self.finished[chat] = now
-        if self.pending == 0:
-            self.done.set()
         return result
 
-    def throughput(self) -> float:
-        """Turns per second while every chat is active (all started, none finished)."""
-        begin, end = max(self.started.values()), min(self.finished.values())
-        if end - begin < 1.0:  # no steady state: count the whole run
-            begin, end = min(self.started.values()), max(self.finished.values())
-            return len(self.replies) / (end - begin)
-        return sum(1 for t in self.replies if begin < t <= end) / (end - begin)
 
-
-async def serve_fakes(chats: int, messages: int, latency: float, stagger: float, pipe: Any) -> None:
+async def serve_fakes(
+    chats: int, messages: int, latency: float, stagger: float, pipe: Connection
+) -> None:
     users = Users(chats, messages, stagger)
     async with users, FakeAnthropic(api_key=API_KEY, latency=latency) as claude:
-        pipe.send((users.base_url, users.base_file_url, claude.url))
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, pipe.recv)  # the bot is up
-        await users.warm_up()
-        pipe.send("warm")
-        await loop.run_in_executor(None, pipe.recv)  # the bot has reset its counters
-        cpu = time.process_time()
-        users.begin()
-        await users.done.wait()
-        pipe.send(
-            {
-                "e2e": users.e2e,
-                "rate": users.throughput(),
-                "errors": len(users.errors),
-                "fake_cpu": time.process_time() - cpu,
-            }
-        )
-        await loop.run_in_executor(None, pipe.recv)  # the bot has stopped
+        await turns.serve_users(pipe, (users.base_url, users.base_file_url, claude.url), users)
 
 
-def fakes_main(chats: int, messages: int, latency: float, stagger: float, pipe: Any) -> None:
+def fakes_main(chats: int, messages: int, latency: float, stagger: float, pipe: Connection) -> None:
     asyncio.run(serve_fakes(chats, messages, latency, stagger, pipe))
 
 
 # -- the bot's process -------------------------------------------------------------------------
-
-
-class SleepAgent:
-    """An in-process model: waits ``latency`` seconds, then answers (no SDK, no HTTP)."""
-
-    name = "sleep"
-
-    def __init__(self, latency: float) -> None:
-        self.latency = latency
-
-    def stream(self, request: AgentRequest) -> AsyncIterator[AgentEvent]:
-        return self._stream()
-
-    async def _stream(self) -> AsyncIterator[AgentEvent]:
-        await asyncio.sleep(self.latency)
-        yield TextDelta("A short answer.")
-        yield AgentReply("A short answer.", Usage(100, 5), "sleep")
 
 
 class AdapterOnlyTurn:
@@ -194,12 +135,8 @@ class AdapterOnlyTurn:
         self.latency = latency
 
     async def handle(self, incoming: Incoming, *, on_progress: Any = None) -> TurnResult:
-        spent = model_time.get(None)
-        began = time.perf_counter()
-        await asyncio.sleep(self.latency)
-        if spent is not None:
-            spent.append(time.perf_counter() - began)
-        return TurnResult(Outcome.REPLIED, "A short answer.")
+        await model_sleep(self.latency)
+        return TurnResult(Outcome.REPLIED, ANSWER)
 
     async def observe(self, incoming: Incoming) -> TurnResult:
         return TurnResult(Outcome.STORED, "")
@@ -208,22 +145,18 @@ class AdapterOnlyTurn:
 class TimedBot(TelegramBot):
     """Records each turn's host overhead: handler time minus model time."""
 
-    overhead: list[float]
-    model: list[float]
+    timer: TurnTimer
 
     async def handle_update(self, update: Any) -> None:
-        spent: list[float] = []
-        model_time.set(spent)
-        began = time.perf_counter()
-        await super().handle_update(update)
-        elapsed = time.perf_counter() - began
-        if spent:
-            self.overhead.append(elapsed - sum(spent))
-            self.model.append(sum(spent))
+        await self.timer.time(lambda: super(TimedBot, self).handle_update(update))
+
+
+def short_answer(request: AgentRequest) -> str:
+    return ANSWER
 
 
 async def run_bot(
-    url: str, urls: tuple[str, str, str], pipe: Any, layer: str, latency: float
+    url: str, urls: tuple[str, ...], pipe: Connection, layer: str, latency: float
 ) -> dict[str, Any]:
     base_url, base_file_url, claude_url = urls
     data = Path(tempfile.mkdtemp(prefix="palaver-bench-"))
@@ -243,89 +176,13 @@ async def run_bot(
     if layer == "claude":
         turn.agent = TimedAgent(turn.agent)
     elif layer == "agent":
-        turn.agent = TimedAgent(SleepAgent(latency))
+        turn.agent = TimedAgent(SleepAgent(latency, short_answer))
     else:
         turn = AdapterOnlyTurn(app.turn, latency)
     bot = TimedBot(config.telegram, TOKEN, turn, app.commands)
-    bot.overhead, bot.model = [], []
-    await bot.start()
-    freeze_startup_heap()  # as run.py does once everything is up
-    loop = asyncio.get_running_loop()
-    pipe.send("up")
-    await loop.run_in_executor(None, pipe.recv)  # warmed up
-    bot.overhead.clear()
-    bot.model.clear()
-    cpu = time.process_time()
-    pipe.send("go")
-    result: dict[str, Any] = await loop.run_in_executor(None, pipe.recv)
-    result["cpu"] = time.process_time() - cpu
-    await bot.stop(10.0)
-    await app.stop()
-    pipe.send("stopped")
-    result.update(overhead=bot.overhead, model=bot.model)
-    return result
-
-
-LAYERS = {
-    "claude": "full stack, Claude agent via the SDK",
-    "agent": "memory + turn, in-process model",
-    "adapter": "Telegram adapter only",
-}
-
-
-def scenario(chats: int, messages: int, latency: float, url: str, layer: str, stagger: bool) -> Row:
-    parent, child = multiprocessing.Pipe()
-    fake_latency = latency if layer == "claude" else 0.0
-    spread = max(latency, 0.1) if stagger else 0.0
-    fakes = multiprocessing.get_context("spawn").Process(
-        target=fakes_main, args=(chats, messages, fake_latency, spread, child), daemon=True
-    )
-    fakes.start()
-    urls = parent.recv()
-    result = asyncio.run(run_bot(url, urls, parent, layer, latency))
-    fakes.join(30)
-    return turns_row(LAYERS[layer], chats, messages, latency, stagger, result)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--chats", type=int, default=200)
-    parser.add_argument("--messages", type=int, default=10)
-    parser.add_argument("--latency", type=float, default=1.0)
-    parser.add_argument(
-        "--overhead-chats", default="1,20", help="zero-latency runs: concurrent chats"
-    )
-    parser.add_argument("--overhead-messages", type=int, default=50)
-    parser.add_argument(
-        "--layers",
-        default="claude,agent,adapter",
-        help="what runs: claude (full stack), agent (in-process model), adapter (Telegram only)",
-    )
-    parser.add_argument(
-        "--start", default="staggered,lockstep", help="staggered and/or lockstep first messages"
-    )
-    parser.add_argument("--postgres", default=os.environ.get("BENCH_DATABASE_URL", ""))
-    args = parser.parse_args()
-    layers = [layer.strip() for layer in args.layers.split(",") if layer.strip()]
-    starts = [start.strip() == "staggered" for start in args.start.split(",") if start.strip()]
-    rows = []
-    for layer in layers:
-        for stagger in starts:
-            rows.append(
-                scenario(args.chats, args.messages, args.latency, args.postgres, layer, stagger)
-            )
-    for chats in (int(c) for c in args.overhead_chats.split(",") if c.strip()):
-        for layer in layers:
-            rows.append(
-                scenario(chats, args.overhead_messages, 0.0, args.postgres, layer, chats > 1)
-            )
-    database = "PostgreSQL" if args.postgres else "SQLite (WAL)"
-    print(
-        f"Telegram turns, {database}; Python {platform.python_version()}, "
-        f"{os.cpu_count()} CPUs, load average {json.dumps(os.getloadavg())}"
-    )
-    print(turns_table("chats", rows))
+    bot.timer = TurnTimer()
+    return await measure(app, bot, pipe)
 
 
 if __name__ == "__main__":
-    main()
+    turns.main(__doc__, "Telegram", "chats", fakes_main, run_bot)
