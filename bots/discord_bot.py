@@ -435,7 +435,10 @@ class DiscordBot:
         command = parse_command(text)
         if command is not None:
             reply = await self.commands.run(*command, key, actor)
-            await _send_command_reply(_ChannelTarget(message), reply)
+            if reply.private and in_guild:
+                await self._answer_privately(message, command[0], reply)
+            else:
+                await _send_command_reply(_ChannelTarget(message), reply)
             return
 
         files, refused = await self._read_attachments(message)
@@ -448,6 +451,21 @@ class DiscordBot:
             return
         incoming = Incoming(key, actor, text, str(message.id), in_guild, metadata)
         await self._turn(_ChannelTarget(message), incoming, must_answer=False)
+
+    async def _answer_privately(
+        self, message: discord.Message, name: str, reply: CommandReply
+    ) -> None:
+        """A reply only for the asker, to a command typed in a guild channel: by DM."""
+        try:
+            await _send_command_reply(_DirectTarget(message.author), reply)
+        except discord.Forbidden:
+            await self._send(
+                message,
+                f"That answer is only for you, and your DMs are closed: use the /{name} "
+                "slash command instead, whose answer only you can see.",
+            )
+        else:
+            await self._send(message, "I've sent you the answer in a DM.")
 
     def _addressed(self, message: discord.Message, me: discord.ClientUser) -> bool:
         """Mentioned (as a user or through the bot's own role), or replied to."""
@@ -474,7 +492,12 @@ class DiscordBot:
             if attachment.size > self.settings.max_attachment_bytes:
                 refused.append(f"{attachment.filename} (too large)")
                 continue
-            data = await attachment.read()
+            try:
+                data = await attachment.read()
+            except DELIVERY_ERRORS as error:
+                log.warning("could not download %s: %s", attachment.filename, error)
+                refused.append(f"{attachment.filename} (the download failed; please resend it)")
+                continue
             try:
                 content = data.decode("utf-8-sig")
             except UnicodeDecodeError:
@@ -546,14 +569,30 @@ class _ChannelTarget:
     async def send(self, text: str, file: discord.File | None = None) -> Sent:
         extra: dict[str, Any] = {} if file is None else {"file": file}
         if self.message.guild is not None and not self._replied:
-            # In a shared channel, the first message shows which one it answers.
+            # In a shared channel, the first message shows which one it answers; if the
+            # question was deleted meanwhile, the answer still goes out, unattached.
             self._replied = True
-            return await self.message.reply(text, mention_author=False, **extra)
+            reference = self.message.to_reference(fail_if_not_exists=False)
+            extra.update(reference=reference, mention_author=False)
         return await self.message.channel.send(text, **extra)
 
     async def typing(self) -> None:
         async with self.message.channel.typing():
             await asyncio.Event().wait()  # until cancelled; discord.py repeats every 5 s
+
+
+class _DirectTarget:
+    """The asker's DMs, for an answer only they may see."""
+
+    def __init__(self, user: discord.User | discord.Member) -> None:
+        self.user = user
+
+    async def send(self, text: str, file: discord.File | None = None) -> Sent:
+        extra: dict[str, Any] = {} if file is None else {"file": file}
+        return await self.user.send(text, **extra)
+
+    async def typing(self) -> None:
+        """Nothing to show: the answer is ready when it is sent."""
 
 
 class _InteractionTarget:

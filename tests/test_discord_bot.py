@@ -298,6 +298,25 @@ async def test_shared_commands_status_export_and_admin_only_stats(
     assert await h.stored(key(CHANNEL)) == []
 
 
+async def test_a_private_command_typed_in_a_guild_is_answered_by_dm(
+    start: Start, dc: FakeDiscord
+) -> None:
+    h = await start()
+    await dc.user_message(CHANNEL, "/stats", author_id=ALICE, mentions_bot=True)
+    dm = dc.dm_channel(ALICE)
+    [stats] = await h.bot_messages(dm)
+    assert stats.content.startswith("Sessions:")
+    [note] = await h.bot_messages(CHANNEL)
+    assert note.content == "I've sent you the answer in a DM."
+
+    # DMs closed: nothing private lands in the channel, only the way to ask privately.
+    dc.fail(f"POST /channels/{dm}/messages", 403, 50007, "Cannot send messages to this user")
+    await dc.user_message(CHANNEL, "/stats", author_id=ALICE, mentions_bot=True)
+    [_, closed] = await h.bot_messages(CHANNEL, 2)
+    assert "use the /stats slash command" in closed.content
+    assert all("Sessions:" not in m.content for m in dc.channel_messages(CHANNEL))
+
+
 async def test_commands_sync_to_configured_guilds(start: Start, dc: FakeDiscord) -> None:
     await start(command_guilds=[GUILD])
     assert dc.commands[None] == []
@@ -440,6 +459,34 @@ async def test_text_files_are_read_and_other_files_explained(start: Start, dc: F
     big = ("huge.txt", b"x" * 60_000, "text/plain")
     await dc.user_message(None, "", author_id=ALICE, attachments=[big])
     await h.bot_messages(dm, prefix="I skipped huge.txt (too large)")
+
+
+async def test_a_failed_download_is_named_and_the_question_still_answered(
+    start: Start, dc: FakeDiscord
+) -> None:
+    h = await start()
+    dc.fail("GET /attachments/", 500)
+    notes = ("notes.md", b"# Notes", "text/markdown")
+    await dc.user_message(None, "what do you make of it?", author_id=ALICE, attachments=[notes])
+    dm = dc.dm_channel(ALICE)
+    await h.bot_messages(dm, prefix="I skipped notes.md (the download failed")
+    [answer] = await h.bot_messages(dm, prefix="echo")
+    assert answer.content == "echo: what do you make of it?"
+    question = (await h.stored(key(dm)))[0]
+    assert question.text == "what do you make of it?"
+
+
+async def test_a_question_deleted_before_its_answer_still_gets_it(
+    start: Start, dc: FakeDiscord
+) -> None:
+    h = await start(agent=ScriptedAgent(delay=0.5, pieces=1))  # nothing sent before it goes
+    asked = await dc.user_message(
+        CHANNEL, "quick one", author_id=BOB, username="bob", mentions_bot=True
+    )
+    await dc.wait_for(lambda: h.agent.requests)
+    await dc.delete_message(int(asked["id"]))
+    [answer] = await h.bot_messages(CHANNEL, prefix="echo: [bob] quick one")
+    assert answer.reference is None  # nothing left to point at, but the answer is there
 
 
 # ------------------------------------------------------------------------- access

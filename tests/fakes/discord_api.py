@@ -803,8 +803,13 @@ class FakeDiscord:
         times: int = 1,
     ) -> None:
         """Answer the next ``times`` matching calls with an error, e.g. 403/50013 Missing
-        Permissions. discord.py retries 500/502/504 itself (sleeping 1 s, 3 s, ...)."""
+        Permissions; attachment downloads ("GET /attachments/") match too. discord.py
+        retries 500/502/504 of the API itself (sleeping 1 s, 3 s, ...)."""
         self._failures.append(_Failure(route, times, DiscordError(status, code, message)))
+
+    async def delete_message(self, message_id: int) -> None:
+        """A user deletes a message (MESSAGE_DELETE); replies may no longer reference it."""
+        await self._delete(self.messages[message_id])
 
     def hold_gateway(self) -> None:
         """Accept new gateway connections but withhold HELLO until :meth:`release_gateway`."""
@@ -1464,6 +1469,10 @@ class FakeDiscord:
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         match = re.match(r"^/api/v\d+(/.*)$", request.path)
         if match is None:  # gateway and CDN
+            for failure in self._failures:
+                if failure.times > 0 and failure.pattern in f"{request.method} {request.path}":
+                    failure.times -= 1
+                    return failure.error.response()
             return await handler(request)
         path = match.group(1)
         call = RestCall(request.method, path, None)
@@ -1801,6 +1810,8 @@ class FakeDiscord:
         ref = body.get("message_reference")
         if ref:
             referenced = self.messages.get(int(ref.get("message_id", 0)))
+            if referenced is not None and referenced.deleted:
+                referenced = None  # Discord knows a deleted message no more
             if referenced is None and ref.get("fail_if_not_exists", True):
                 raise _form_error(
                     [*path, "message_reference"],
