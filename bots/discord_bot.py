@@ -36,10 +36,8 @@ import contextlib
 import io
 import logging
 import re
-import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine
-from pathlib import PurePosixPath
 from typing import Any, Protocol
 
 import aiohttp
@@ -47,9 +45,11 @@ import discord
 from discord import app_commands
 
 from bots.access import Actor
+from bots.attachments import TextFiles, decode_text, file_block
 from bots.chunking import DISCORD_LIMIT, closes_fence, fence_opener, split_markdown
 from bots.commands import CommandReply, Commands, parse_command
 from bots.config import TEXT_EXTENSIONS, DiscordSettings
+from bots.ratelimit import Notices
 from bots.turn import Incoming, Outcome, Turn, TurnResult
 from memory.errors import PalaverError
 from memory.types import ChatKey
@@ -76,21 +76,7 @@ EPHEMERAL_COMMANDS = frozenset({"status", "summary", "export", "stats"})
 # which take an argument).
 SLASH_COMMANDS = ("reset", "status", "summary", "stats")
 
-TEXT_SUFFIXES = frozenset(f".{ext}" for ext in TEXT_EXTENSIONS)
-TEXT_TYPES = frozenset(
-    {
-        "application/json",
-        "application/xml",
-        "application/yaml",
-        "application/x-yaml",
-        "application/toml",
-        "application/javascript",
-        "application/x-sh",
-        "application/sql",
-        "application/x-python",
-        "application/x-ndjson",
-    }
-)
+_TEXT_FILES = TextFiles(TEXT_EXTENSIONS)
 
 # What a REST call to Discord can fail with (an error answer, or Discord out of reach).
 DELIVERY_ERRORS = (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError)
@@ -166,7 +152,7 @@ class DiscordBot:
         self._chat_locks: weakref.WeakValueDictionary[ChatKey, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
-        self._notices = _Notices()
+        self._notices = Notices()
         self._register_commands()
 
     # -- lifecycle -----------------------------------------------------------------
@@ -486,7 +472,7 @@ class DiscordBot:
         refused: list[str] = []
         refused += (f"a sticker ({sticker.name})" for sticker in message.stickers)
         for attachment in message.attachments:
-            if not is_text_file(attachment.filename, attachment.content_type):
+            if not _TEXT_FILES.is_text(attachment.filename, attachment.content_type):
                 refused.append(attachment.filename)
                 continue
             if attachment.size > self.settings.max_attachment_bytes:
@@ -498,15 +484,11 @@ class DiscordBot:
                 log.warning("could not download %s: %s", attachment.filename, error)
                 refused.append(f"{attachment.filename} (the download failed; please resend it)")
                 continue
-            try:
-                content = data.decode("utf-8-sig")
-            except UnicodeDecodeError:
+            content = decode_text(data)
+            if content is None:
                 refused.append(f"{attachment.filename} (not UTF-8 text)")
                 continue
-            if "\x00" in content:
-                refused.append(f"{attachment.filename} (binary)")
-                continue
-            files.append(f'<file name="{attachment.filename}">\n{content}\n</file>')
+            files.append(file_block(attachment.filename, content))
         return files, refused
 
     def _unsupported_note(self, refused: list[str]) -> str:
@@ -702,23 +684,6 @@ async def _send_command_reply(target: _Target, reply: CommandReply) -> None:
         await target.send(chunk, None if file is None else _file(file.name, file.data))
 
 
-class _Notices:
-    """At most one notice per key and time window, so no input makes the bot spam."""
-
-    def __init__(self, size: int = 10_000) -> None:
-        self._size = size
-        self._until: dict[tuple[str, str], float] = {}
-
-    def take(self, key: tuple[str, str], window: float) -> bool:
-        now = time.monotonic()
-        if self._until.get(key, 0.0) > now:
-            return False
-        if len(self._until) >= self._size:
-            self._until = {k: t for k, t in self._until.items() if t > now}
-        self._until[key] = now + window
-        return True
-
-
 # -- translation helpers --------------------------------------------------------------
 
 
@@ -787,15 +752,6 @@ def readable_content(message: discord.Message, *, strip_user_id: int | None = No
         return f"@{users[ident]}" if ident in users else match.group(0)
 
     return _MENTION.sub(name, text).strip()
-
-
-def is_text_file(filename: str, content_type: str | None) -> bool:
-    """Worth reading as text: by content type, else by the file's suffix."""
-    kind = (content_type or "").split(";", 1)[0].strip().lower()
-    if kind.startswith("text/") or kind in TEXT_TYPES:
-        return True
-    path = PurePosixPath(filename.lower())
-    return path.suffix in TEXT_SUFFIXES or f".{path.name}" in TEXT_SUFFIXES
 
 
 def _metadata(message: discord.Message) -> dict[str, Any] | None:

@@ -7,6 +7,7 @@ user, and a restart forgetting it is harmless.
 from __future__ import annotations
 
 import time
+from collections.abc import Hashable
 
 from bots.config import RateLimitSettings
 
@@ -38,3 +39,24 @@ class RateLimiter:
         ]
         for key in full:
             del self._buckets[key]
+
+
+class Notices:
+    """At most one notice per key and time window, so that no input makes the bot spam
+    (a stranger told how to get in, a user told they are over the rate limit)."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._size = size
+        self._until: dict[Hashable, float] = {}
+
+    def take(self, key: Hashable, window: float) -> bool:
+        """True if a notice for ``key`` may go out now; then none for ``window`` s."""
+        now = time.monotonic()
+        if self._until.get(key, 0.0) > now:
+            return False
+        if len(self._until) >= self._size:
+            self._until = {k: t for k, t in self._until.items() if t > now}
+            while len(self._until) >= self._size:
+                del self._until[next(iter(self._until))]
+        self._until[key] = now + window
+        return True

@@ -69,7 +69,6 @@ import datetime as dtm
 import itertools
 import logging
 import re
-import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
@@ -104,9 +103,11 @@ from telegram.ext import (
 )
 
 from bots.access import Actor
+from bots.attachments import TextFiles, decode_text, file_block
 from bots.chunking import TELEGRAM_LIMIT, split_markdown, utf16_len
 from bots.commands import ALIASES, CommandReply, Commands, parse_command
 from bots.config import TelegramSettings
+from bots.ratelimit import Notices
 from bots.telegram_format import markdown_to_html
 from bots.telegram_http import AiohttpRequest
 from bots.turn import Incoming, Outcome, Turn, TurnResult
@@ -142,19 +143,6 @@ _MEDIA_KINDS = (
     "story",
     "invoice",
     "paid_media",
-)
-_TEXT_MIME_TYPES = frozenset(
-    {
-        "application/json",
-        "application/xml",
-        "application/x-yaml",
-        "application/yaml",
-        "application/toml",
-        "application/javascript",
-        "application/x-sh",
-        "application/sql",
-        "application/x-python",
-    }
 )
 _COMMAND_MENU = (
     ("start", "Start here: what this bot does"),
@@ -334,25 +322,6 @@ class _Recent:
         self._keys[key] = None
         if len(self._keys) > self._size:
             self._keys.popitem(last=False)
-        return True
-
-
-class _Once:
-    """At most one notice per key and time window, so no input makes the bot spam."""
-
-    def __init__(self, size: int = 10_000) -> None:
-        self._size = size
-        self._until: dict[Hashable, float] = {}
-
-    def take(self, key: Hashable, window: float) -> bool:
-        now = time.monotonic()
-        if self._until.get(key, 0.0) > now:
-            return False
-        if len(self._until) >= self._size:
-            self._until = {k: t for k, t in self._until.items() if t > now}
-            while len(self._until) >= self._size:
-                del self._until[next(iter(self._until))]
-        self._until[key] = now + window
         return True
 
 
@@ -536,7 +505,8 @@ class TelegramBot:
         self.drafts = settings.use_drafts
         self.draft_ids = itertools.count(1)
         self._seen = _Recent()
-        self._notices = _Once()
+        self._notices = Notices()
+        self._text_files = TextFiles(settings.text_extensions)
         self._inflight: set[asyncio.Task[Any]] = set()
         self._background: set[asyncio.Task[Any]] = set()
         self._abandon = False
@@ -823,18 +793,12 @@ class TelegramBot:
         text = message.text or caption
         return text if text.strip() else None
 
-    def _is_text_document(self, name: str, mime_type: str | None) -> bool:
-        extension = name.rsplit(".", 1)[-1].lower() if "." in name else ""
-        extensions = {e.lower().lstrip(".") for e in self.settings.text_extensions}
-        mime = (mime_type or "").lower()
-        return extension in extensions or mime.startswith("text/") or mime in _TEXT_MIME_TYPES
-
     async def _read_document(self, message: Message, target: _Target) -> str | None:
         document = message.document
         assert document is not None
         name = document.file_name or "file"
         limit = self.settings.max_document_bytes
-        if not self._is_text_document(name, document.mime_type):
+        if not self._text_files.is_text(name, document.mime_type):
             await self._send_plain(target, f"I can't read {name}. " + self._supported_hint())
             return None
         too_big = (
@@ -854,14 +818,11 @@ class TelegramBot:
         if len(data) > limit:
             await self._send_plain(target, too_big)
             return None
-        try:
-            content = data.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            content = ""
-        if "\x00" in content or (data and not content):
+        content = decode_text(data)
+        if content is None:
             await self._send_plain(target, f"{name} isn't UTF-8 text, so I can't read it.")
             return None
-        return f'<file name="{name}">\n{content.rstrip()}\n</file>'
+        return file_block(name, content)
 
     # -- answering ------------------------------------------------------------------------------
 
