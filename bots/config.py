@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from sqlalchemy.engine import make_url
 
 from agents.settings import ClaudeSettings, SpendSettings
@@ -89,6 +89,15 @@ class TelegramSettings(_Section):
     poll_timeout_s: int = Field(30, ge=0, le=50)
     flood_max_retries: int = Field(3, ge=0, le=10)
     flood_max_wait_s: float = Field(60.0, ge=0, le=3600)
+
+    @model_validator(mode="after")
+    def _http2_needs_httpx(self) -> TelegramSettings:
+        if self.http_version == "2" and self.http_client != "httpx":
+            raise ValueError(
+                'http_version = "2" needs http_client = "httpx" (the aiohttp transport '
+                "speaks HTTP/1.1 only)"
+            )
+        return self
 
 
 class DiscordSettings(_Section):

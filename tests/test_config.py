@@ -81,6 +81,14 @@ def test_bad_values_from_the_environment_and_unknown_keys(tmp_path: Path) -> Non
         load_config(tmp_path / "missing.toml", environ={})
 
 
+def test_settings_that_contradict_each_other_are_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, '[telegram]\nhttp_version = "2"\n')
+    with pytest.raises(ConfigError, match=r'http_version = "2" needs http_client = "httpx"'):
+        load_config(path, environ={})
+    path = write(tmp_path, '[telegram]\nhttp_version = "2"\nhttp_client = "httpx"\n')
+    assert load_config(path, environ={}).telegram.http_version == "2"
+
+
 def test_secrets_come_only_from_the_environment(tmp_path: Path) -> None:
     path = write(tmp_path, '[agent]\nanthropic_api_key = "sk-in-file"\n')
     with pytest.raises(ConfigError, match="secrets come only from the environment"):
