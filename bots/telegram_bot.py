@@ -242,28 +242,38 @@ def _lane(update: object) -> tuple[int, int | None] | None:
     return chat.id, message.message_thread_id if message.is_topic_message else None
 
 
+_UNBOUNDED_UPDATES = 2**31 - 1
+
+
 class ChatLanes(BaseUpdateProcessor):
     """Updates of one chat or forum topic one at a time, in order; chats concurrently.
 
     PTB's concurrent mode handles every update in its own task, so two quick messages
     from one chat could race to the session lock and be stored (and answered) swapped.
+
+    The ``max_concurrent_updates`` limit is applied here, once an update's turn in its
+    lane has come: PTB's own semaphore is taken before ``do_process_update``, so under
+    it the updates queued behind one busy chat would hold every slot and stall the
+    other chats. PTB's is left too wide to bind.
     """
 
     def __init__(self, max_concurrent_updates: int) -> None:
-        super().__init__(max_concurrent_updates)
+        super().__init__(_UNBOUNDED_UPDATES)
+        self._running = asyncio.Semaphore(max_concurrent_updates)
         self._lanes: dict[tuple[int, int | None], tuple[asyncio.Lock, int]] = {}
 
     async def do_process_update(self, update: object, coroutine: Awaitable[Any]) -> None:
         lane = _lane(update)
         if lane is None:
-            await coroutine
+            async with self._running:
+                await coroutine
             return
         lock, users = self._lanes.get(lane, (None, 0))
         if lock is None:
             lock = asyncio.Lock()
         self._lanes[lane] = (lock, users + 1)
         try:
-            async with lock:
+            async with lock, self._running:
                 await coroutine
         finally:
             lock, users = self._lanes[lane]

@@ -555,6 +555,30 @@ async def test_fifty_chats_at_once_and_a_slow_one_holds_up_nobody(
     await tg.wait_for_message(1, text="finally")
 
 
+async def test_a_chats_queued_messages_take_no_slot_from_other_chats(
+    tmp_path: Path, sqlite_url: str, tg: FakeTelegram, claude: FakeAnthropic
+) -> None:
+    """Messages waiting behind their own chat's turn must not use up concurrent_updates."""
+    release = asyncio.Event()
+
+    async def respond(body: JSON) -> str:
+        if "slow" in json.dumps(body["messages"][-1]):
+            await release.wait()
+        return "done"
+
+    claude.responder = respond
+    async with running(tmp_path, sqlite_url, tg, claude, telegram={"concurrent_updates": 2}):
+        tg.user_message(ANN, "slow one")
+        await until(lambda: len(claude.requests) == 1)
+        for i in range(3):
+            tg.user_message(ANN, f"and another {i}")
+        tg.user_message(BOB, "hello")
+        await tg.wait_for_message(BOB, text="done", timeout=5)
+        assert texts(tg, ANN) == []
+        release.set()
+        await tg.wait_for(lambda: len(texts(tg, ANN)) == 4)
+
+
 async def test_one_chats_messages_are_answered_in_order(
     bot: Bot, tg: FakeTelegram, claude: FakeAnthropic
 ) -> None:
