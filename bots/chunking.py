@@ -70,6 +70,14 @@ class _Block:
         return "\n".join(self.lines)
 
 
+def unclosed_fence(text: str) -> str | None:
+    """The fence of a code block ``text`` leaves open at its end (a reply still
+    streaming, or cut off), else None."""
+    blocks = _blocks(text)
+    last = blocks[-1] if blocks else None
+    return last.fence if last is not None and not last.closed else None
+
+
 def _blocks(text: str) -> list[_Block]:
     blocks: list[_Block] = []
     blank = 0

@@ -46,11 +46,11 @@ from discord import app_commands
 
 from bots.access import Actor
 from bots.attachments import TextFiles, decode_text, file_block
-from bots.chunking import DISCORD_LIMIT, closes_fence, fence_opener, split_markdown
+from bots.chunking import DISCORD_LIMIT, split_markdown, unclosed_fence
 from bots.commands import CommandReply, Commands, parse_command
 from bots.config import TEXT_EXTENSIONS, DiscordSettings
 from bots.ratelimit import Notices
-from bots.turn import Incoming, Outcome, Turn, TurnResult
+from bots.turn import INTERNAL_ERROR, Incoming, Outcome, Turn, TurnResult
 from memory.errors import PalaverError
 from memory.types import ChatKey
 
@@ -59,7 +59,6 @@ log = logging.getLogger(__name__)
 INTERFACE = "discord"
 
 RESTARTING = "I'm restarting; your message is saved. Please send it again in a minute."
-INTERNAL_ERROR = "Something went wrong on my side. Your message is saved; please try again."
 # discord.py's waits: for the GUILD_CREATEs after READY, and before a re-IDENTIFY (Discord
 # allows one IDENTIFY per 5 s). Module constants so tests against a local fake can shorten them.
 GUILD_READY_TIMEOUT_S = 2.0
@@ -584,10 +583,9 @@ class _InteractionTarget:
 
     async def send(self, text: str, file: discord.File | None = None) -> Sent:
         # The first follow-up fills in the deferred "thinking..." message.
-        if file is None:
-            return await self.interaction.followup.send(text, ephemeral=self.ephemeral, wait=True)
+        extra: dict[str, Any] = {} if file is None else {"file": file}
         return await self.interaction.followup.send(
-            text, file=file, ephemeral=self.ephemeral, wait=True
+            text, ephemeral=self.ephemeral, wait=True, **extra
         )
 
     async def typing(self) -> None:
@@ -714,12 +712,7 @@ def _close_fence(chunks: list[str]) -> list[str]:
     """Close a code fence left open at the end (a reply still streaming, or cut off)."""
     if not chunks:
         return chunks
-    fence: str | None = None
-    for line in chunks[-1].split("\n"):
-        if fence is None:
-            fence = fence_opener(line)
-        elif closes_fence(line, fence):
-            fence = None
+    fence = unclosed_fence(chunks[-1])
     if fence is None:
         return chunks
     last = f"{chunks[-1]}\n{fence}"

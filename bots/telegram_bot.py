@@ -110,7 +110,7 @@ from bots.config import TelegramSettings
 from bots.ratelimit import Notices
 from bots.telegram_format import markdown_to_html
 from bots.telegram_http import AiohttpRequest
-from bots.turn import Incoming, Outcome, Turn, TurnResult
+from bots.turn import INTERNAL_ERROR, Incoming, Outcome, Turn, TurnResult
 from memory.errors import PalaverError
 from memory.types import ChatKey
 
@@ -851,10 +851,7 @@ class TelegramBot:
             )
         except Exception:
             log.exception("telegram: the turn failed in chat %s", target.chat_id)
-            result = TurnResult(
-                Outcome.FAILED,
-                "Something went wrong on my side. Your message is saved; please try again.",
-            )
+            result = TurnResult(Outcome.FAILED, INTERNAL_ERROR)
         finally:
             done.set()
             if preview is not None:

@@ -31,6 +31,9 @@ from memory.types import ChatKey, Context, Project, Role, SessionInfo, Usage
 
 log = logging.getLogger(__name__)
 
+# What a chat is told when a bug, not the model or the user, broke its turn.
+INTERNAL_ERROR = "Something went wrong on my side. Your message is saved; please try again."
+
 # Receives the reply so far (the whole text, not a delta) while it streams.
 ProgressSink = Callable[[str], Awaitable[None]]
 
@@ -190,11 +193,7 @@ class Turn:
         except Exception as error:
             log.exception("agent %s failed in session %s", self.agent.name, session.id)
             await manager.record_error(session.id, "internal", {"detail": repr(error)})
-            return TurnResult(
-                Outcome.FAILED,
-                "Something went wrong on my side. Your message is saved; please try again.",
-                session.id,
-            )
+            return TurnResult(Outcome.FAILED, INTERNAL_ERROR, session.id)
         if reply is None or not reply.text.strip():
             await manager.record_error(session.id, "empty_reply", None)
             return TurnResult(

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bots.chunking import DISCORD_LIMIT, TELEGRAM_LIMIT, split_markdown, utf16_len
+from bots.chunking import DISCORD_LIMIT, TELEGRAM_LIMIT, split_markdown, unclosed_fence, utf16_len
 from bots.telegram_format import markdown_to_html
 from tests.fakes.telegram_api import parse_html
 
@@ -172,3 +172,11 @@ def test_any_text_any_limit(text: str, limit: int) -> None:
     assert all(len(c) <= limit for c in chunks)
     if "`" not in text and "~" not in text:
         assert re.sub(r"\s", "", "".join(chunks)) == re.sub(r"\s", "", text)
+
+
+def test_an_unclosed_fence_is_found_and_a_closed_one_is_not() -> None:
+    assert unclosed_fence("text\n\n```python\nprint(1)") == "```"
+    assert unclosed_fence("~~~~\ncode\n~~~") == "~~~~"  # a shorter fence does not close it
+    assert unclosed_fence("```\ncode\n```\n\nafter") is None
+    assert unclosed_fence("plain text") is None
+    assert unclosed_fence("") is None
