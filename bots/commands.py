@@ -86,6 +86,10 @@ class Commands:
         self._handlers[info.name] = handler
         self._extra = (*self._extra, info)
 
+    def knows(self, name: str) -> bool:
+        """Whether ``name`` (or an alias of it) is a command here."""
+        return ALIASES.get(name, name) in self._handlers
+
     @property
     def infos(self) -> tuple[CommandInfo, ...]:
         return COMMANDS + self._extra

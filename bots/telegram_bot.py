@@ -105,7 +105,7 @@ from telegram.ext import (
 from bots.access import Actor
 from bots.attachments import TextFiles, decode_text, file_block
 from bots.chunking import TELEGRAM_LIMIT, split_markdown, utf16_len
-from bots.commands import ALIASES, CommandReply, Commands, parse_command
+from bots.commands import CommandReply, Commands, parse_command
 from bots.config import TelegramSettings
 from bots.ratelimit import Notices
 from bots.telegram_format import markdown_to_html
@@ -658,8 +658,7 @@ class TelegramBot:
             private,
         )
         text = message.text or message.caption or ""
-        command = self._command(text, private)
-        foreign = text.startswith("/") and command is None and self._for_another_bot(text)
+        command, foreign = self._command(text, private)
         addressed = not foreign and (
             private
             or self.settings.group_mode == "all"
@@ -710,24 +709,19 @@ class TelegramBot:
         thread = message.message_thread_id if message.is_topic_message else None
         return ChatKey(INTERFACE, str(message.chat.id), str(thread) if thread else None)
 
-    def _command(self, text: str, private: bool) -> tuple[str, str] | None:
-        """(name, argument) if ``text`` is one of our commands, for us."""
+    def _command(self, text: str, private: bool) -> tuple[tuple[str, str] | None, bool]:
+        """(name, argument) if ``text`` is one of our commands, and whether it is a
+        command addressed to another bot (``/cmd@other_bot``)."""
         parsed = parse_command(text)
         if parsed is None:
-            return None
+            return None, False
         head = text.strip()[1:].split(maxsplit=1)[0]
-        _, _, target = head.partition("@")
+        target = head.partition("@")[2]
         if target and target.lower() != self.username.lower():
-            return None
-        known = parsed[0] in ALIASES or any(i.name == parsed[0] for i in self.commands.infos)
-        if not known and not private and not target:
-            return None  # perhaps another bot's command; stored as a message
-        return parsed
-
-    def _for_another_bot(self, text: str) -> bool:
-        head = text.strip()[1:].split(maxsplit=1)[0] if text.strip()[1:] else ""
-        _, _, target = head.partition("@")
-        return bool(target) and target.lower() != self.username.lower()
+            return None, True
+        if not self.commands.knows(parsed[0]) and not private and not target:
+            return None, False  # perhaps another bot's command; stored as a message
+        return parsed, False
 
     def _mentions_me(self, message: Message) -> bool:
         kinds: list[str | None] = [MessageEntity.MENTION, MessageEntity.TEXT_MENTION]

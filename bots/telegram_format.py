@@ -170,8 +170,8 @@ def _find_close(s: str, start: int, marker: str) -> int | None:
             length = run - j
             if len(marker) == 1 and length == 2:
                 # A nested strong/strike span: skip it whole if it closes.
-                inner = _find_close(s, run, marker * 2)
-                if inner is not None and j > start - 1 and _opens(s, j, marker * 2):
+                inner = _find_close(s, run, marker * 2) if _opens(s, j, marker * 2) else None
+                if inner is not None:
                     j = inner + 2
                     continue
             if length >= len(marker):
