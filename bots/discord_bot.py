@@ -283,25 +283,21 @@ class DiscordBot:
         async def ask(interaction: Interaction, prompt: str) -> None:
             await self.on_ask(interaction, prompt)
 
-        if any(info.name == "export" for info in self.commands.infos):
-
-            @tree.command(name="export", description="This conversation as a file")
-            @app_commands.rename(kind="format")
-            @app_commands.describe(kind="Markdown to read (the default), JSON to process")
-            @app_commands.choices(
-                kind=[
-                    app_commands.Choice(name="Markdown", value="markdown"),
-                    app_commands.Choice(name="JSON", value="json"),
-                ]
-            )
-            async def export(interaction: Interaction, kind: str = "markdown") -> None:
-                await self.on_command(interaction, "export", kind)
+        @tree.command(name="export", description="This conversation as a file")
+        @app_commands.rename(kind="format")
+        @app_commands.describe(kind="Markdown to read (the default), JSON to process")
+        @app_commands.choices(
+            kind=[
+                app_commands.Choice(name="Markdown", value="markdown"),
+                app_commands.Choice(name="JSON", value="json"),
+            ]
+        )
+        async def export(interaction: Interaction, kind: str = "markdown") -> None:
+            await self.on_command(interaction, "export", kind)
 
         infos = {info.name: info for info in self.commands.infos}
         for name in SLASH_COMMANDS:
-            info = infos.get(name)
-            if info is None:
-                continue
+            info = infos[name]
             tree.add_command(
                 app_commands.Command(
                     name=name,
