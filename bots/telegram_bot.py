@@ -922,15 +922,24 @@ class TelegramBot:
     ) -> None:
         reply: CommandReply = await self.commands.run(name, argument, key, actor)
         if reply.private and not target.private:
-            # Only for the asker: to their private chat, if they ever started the bot.
+            # Only for the asker: to their private chat, which Telegram allows only once
+            # they have started one with the bot; never to the group.
             direct = _Target(int(actor.user_id), None, None, True)
             try:
-                await self._send_plain(direct, reply.text)
+                await self._send_reply(direct, reply)
             except (BadRequest, Forbidden):
-                pass  # they never opened a chat with the bot: answer in the group
+                await self._send_plain(
+                    target,
+                    f"That answer is only for you: open a private chat with @{self.username}, "
+                    f"press Start, and send /{name} there.",
+                )
             else:
                 await self._send_plain(target, "I've sent you the answer privately.")
-                return
+            return
+        await self._send_reply(target, reply)
+
+    async def _send_reply(self, target: _Target, reply: CommandReply) -> None:
+        """A command's reply: its text, or a file with the text as its caption."""
         if reply.file is None:
             await self._send_plain(target, reply.text)
             return

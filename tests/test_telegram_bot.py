@@ -278,7 +278,9 @@ async def test_answers_only_for_the_asker_go_to_their_private_chat(
     bot: Bot, tg: FakeTelegram
 ) -> None:
     tg.user_message(-3, "/stats", chat_type="group", user_id=ADMIN)
-    await tg.wait_for_message(-3, contains="Sessions:")  # never wrote to the bot: in the group
+    # Never wrote to the bot, so it cannot write to them: told how, nothing in the group.
+    await tg.wait_for_message(-3, contains="open a private chat with @")
+    assert not any("Sessions:" in t for t in texts(tg, -3))
     tg.user_message(ADMIN, "hi")
     await tg.wait_for_message(ADMIN, contains="Echo: hi")
     tg.user_message(-3, "/stats", chat_type="group", user_id=ADMIN)
