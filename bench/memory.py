@@ -136,10 +136,10 @@ async def context(url: str) -> list[Row]:
             for j in range(2000)
         ]
         for k in range(0, 2000, 500):
-            await store.append_messages(items[k : k + 500])
+            await store.messages.append(items[k : k + 500])
         through = 0
         for _ in range(6):  # six summaries covering 1..1800
-            await store.add_summary(
+            await store.summaries.add(
                 sid,
                 expected_through=through,
                 first_seq=through + 1,
@@ -195,15 +195,17 @@ async def memory_use(url: str) -> list[Row]:
             text = f"short message {j} of {sid}"
             batch.append(NewMessage(sid, Role.USER, text, 6))
         if len(batch) >= 2000:
-            await store.append_messages(batch)
+            await store.messages.append(batch)
             batch = []
     if batch:
-        await store.append_messages(batch)
+        await store.messages.append(batch)
     manager.cache.clear()
     gc.collect()
     before = rss_bytes()
     for sid in ids:
-        entry = await manager._entry(sid)
+        await manager.build_context(sid)  # loads the session into the cache
+        entry = manager.cache.peek(sid)
+        assert entry is not None
         text_bytes += sum(sys.getsizeof(text) for _, _, text, _ in entry.tail)
     gc.collect()
     after = rss_bytes()

@@ -103,7 +103,7 @@ class Turn:
         if session.project_id is not None:
             project = self._projects.get(session.project_id)
             if project is None:
-                project = await self.manager.store.get_project(id=session.project_id)
+                project = await self.manager.project(id=session.project_id)
                 self._projects[project.id] = project
         limit = (project and project.token_limit) or self.manager.settings.token_limit
         max_tokens = self.settings.max_tokens

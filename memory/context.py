@@ -129,4 +129,5 @@ def build_context(
         budget=budget,
         dropped_messages=len(tail) - kept + start,
         dropped_summaries=len(summaries) - len(kept_summaries),
+        raw_tokens=fixed + used,
     )

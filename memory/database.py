@@ -8,7 +8,6 @@ ordinary deferred transactions, which WAL lets run beside the writer.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Callable
@@ -18,15 +17,15 @@ from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from memory.checkpoint import WalCheckpointer
 from memory.errors import StoreUnavailable
 from memory.settings import DatabaseSettings
+from memory.sqlite_fast import SqliteFastPath, begin_immediate
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -46,77 +45,31 @@ class Database:
     writer: AsyncEngine
     # SQLite only: the write connection leaves checkpoints to this (memory.checkpoint).
     checkpointer: WalCheckpointer | None = field(default=None)
-    # SQLite only: a read connection kept checked out for run_read().
-    _pinned: AsyncConnection | None = field(default=None, init=False)
-    _pinning: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
-    # SQLite only: a sync engine over the write connection's own sqlite3 handle.
-    _shadow: tuple[sqlite3.Connection, Engine] | None = field(default=None, init=False)
+    # SQLite only: reads and writes on the driver's own thread (memory.sqlite_fast).
+    fast: SqliteFastPath | None = field(default=None)
 
     @property
     def is_sqlite(self) -> bool:
         return self.reader.dialect.name == "sqlite"
 
     def note_write(self) -> None:
-        """Writes that bypass SQLAlchemy's commit report here (Store's hot path)."""
+        """Writes that bypass SQLAlchemy's commit report here (the batch append)."""
         if self.checkpointer is not None:
             self.checkpointer.note_write()
 
-    async def run_read(self, read: Callable[..., _T], *args: Any) -> _T:
-        """Run ``read(sqlite3_connection, *args)`` on a read connection's own thread.
-
-        For the reads every turn makes: through SQLAlchemy's adapter one SELECT costs
-        a pool checkout, several hand-offs to the driver's thread and a rollback on
-        return; here it is one hand-off. The connection is one of the read pool's,
-        kept checked out, outside any transaction (each statement sees the latest
-        commit). SQLite only.
-        """
-        pinned = self._pinned
-        if pinned is None:
-            async with self._pinning:
-                if self._pinned is None:
-                    self._pinned = await self.reader.connect()
-                pinned = self._pinned
-        return await _on_driver_thread(pinned, read, *args)
-
-    async def run_on_writer(self, work: Callable[..., _T], *args: Any) -> _T:
-        """Run ``work(sqlite3_connection, *args)`` as one call on the write connection's
-        own thread: the single writer, so it queues behind the transactions before it.
-        ``work`` owns its transaction (BEGIN IMMEDIATE ... COMMIT). SQLite only."""
-        async with self.writer.connect() as conn:
-            result = await _on_driver_thread(conn, work, *args)
-        self.note_write()
-        return result
-
     async def run_write(self, transaction: Callable[[Connection], _T]) -> _T:
-        """Run ``transaction(connection)``, synchronous Core, in one write transaction.
-
-        On SQLite it runs on the write connection's own driver thread, through a
-        synchronous engine over that same sqlite3 handle: one hand-off for the whole
-        transaction instead of several per statement, still the single writer, so it
-        queues behind message batches instead of busy-waiting on a second connection.
-        Elsewhere it runs through ``AsyncConnection.run_sync``.
-        """
-        if not self.is_sqlite:
-            async with self.writer.begin() as conn:
-                return await conn.run_sync(transaction)
-        return await self.run_on_writer(self._in_shadow, transaction)
-
-    def _in_shadow(self, handle: sqlite3.Connection, transaction: Callable[[Connection], _T]) -> _T:
-        """On the driver's thread: ``transaction`` in BEGIN IMMEDIATE on ``handle``."""
-        if self._shadow is None or self._shadow[0] is not handle:
-            # New, or the pool replaced its connection: an engine for this handle.
-            engine = create_engine("sqlite://", creator=lambda: handle, poolclass=StaticPool)
-            event.listen(engine, "begin", _begin_immediate)
-            self._shadow = (handle, engine)
-        with self._shadow[1].begin() as conn:
-            return transaction(conn)
+        """Run ``transaction(connection)``, synchronous Core, in one write transaction:
+        on SQLite as one call on the writer's thread, elsewhere through ``run_sync``."""
+        if self.fast is not None:
+            return await self.fast.write(transaction)
+        async with self.writer.begin() as conn:
+            return await conn.run_sync(transaction)
 
     async def dispose(self) -> None:
         if self.checkpointer is not None:
             await self.checkpointer.close()
-        if self._pinned is not None:
-            await self._pinned.close()
-            self._pinned = None
+        if self.fast is not None:
+            await self.fast.close()
         await self.writer.dispose()
         if self.reader is not self.writer:
             await self.reader.dispose()
@@ -149,28 +102,12 @@ def _sqlite_engine(url: str, settings: DatabaseSettings, *, immediate: bool) -> 
             cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.close()
 
-    event.listen(engine.sync_engine, "begin", _begin_immediate if immediate else _begin)
+    event.listen(engine.sync_engine, "begin", begin_immediate if immediate else _begin)
     return engine
-
-
-async def _on_driver_thread(conn: AsyncConnection, work: Callable[..., _T], *args: Any) -> _T:
-    """``work(sqlite3_connection, *args)`` as one call on aiosqlite's connection thread.
-
-    aiosqlite runs one callable at a time there (Connection._execute, with its
-    sqlite3 handle _conn): the one place Palaver uses those private names.
-    """
-    raw = await conn.get_raw_connection()
-    driver: Any = raw.driver_connection
-    result: _T = await driver._execute(work, driver._conn, *args)
-    return result
 
 
 def _begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN")
-
-
-def _begin_immediate(conn: Connection) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def open_database(url: str, settings: DatabaseSettings) -> Database:
@@ -187,7 +124,8 @@ def open_database(url: str, settings: DatabaseSettings) -> Database:
         def _on_commit(_conn: Connection) -> None:
             checkpointer.note_write()
 
-        return Database(url, reader, writer, checkpointer)
+        fast = SqliteFastPath(reader, writer, checkpointer.note_write)
+        return Database(url, reader, writer, checkpointer, fast)
     if parsed.get_backend_name() == "postgresql":
         engine = create_async_engine(
             url,

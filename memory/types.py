@@ -156,6 +156,7 @@ class Context:
     budget: int
     dropped_messages: int  # unsummarized messages left out to stay within budget
     dropped_summaries: int = 0  # oldest summaries left out when the budget is tiny
+    raw_tokens: int = 0  # the estimate before calibration: what calibration compares
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,7 +58,7 @@ class MessageWriter:
                 del self._pending[: self._max_batch]
                 items = [item for item, _ in batch]
                 try:
-                    outcome = await self._store.append_messages(items, self._hints)
+                    outcome = await self._store.messages.append(items, self._hints)
                 except PalaverError as error:
                     for _, future in batch:
                         if not future.done():

@@ -96,9 +96,9 @@ async def test_a_streamed_turn_records_usage_and_cost(app: Palaver, fake: FakeAn
     info = await app.manager.get(result.session_id)
     assert info.usage.output_tokens == usage.output_tokens
     assert info.usage.cost_usd == pytest.approx(expected_cost)
-    by_user = await app.manager.store.usage_totals("user")
+    by_user = await app.manager.store.usage.totals("user")
     assert by_user["telegram:1"].cost_usd == pytest.approx(expected_cost)
-    by_day = await app.manager.store.usage_totals("day")
+    by_day = await app.manager.store.usage.totals("day")
     assert sum(u.output_tokens for u in by_day.values()) == usage.output_tokens
 
 
@@ -181,7 +181,7 @@ async def test_api_failures_are_retried_then_told_plainly(
     assert result.session_id is not None
     stored = await app.manager.messages(result.session_id)
     assert stored[0].text == "are you there?"
-    events = await app.manager.store.events(result.session_id, "error")
+    events = await app.manager.store.events.of(result.session_id, "error")
     assert len(events) == (1 if outcome is Outcome.FAILED else 0)
     fake.reset()
     again, _ = await say(app, "and now?", "2")
@@ -272,10 +272,12 @@ async def test_prompt_too_long_summarizes_and_retries_once(
         assert result.session_id is not None
         summaries = await app.manager.summaries(result.session_id)
         assert summaries, "the turn summarized before retrying"
-        events = await app.manager.store.events(result.session_id, "error")
+        events = await app.manager.store.events.of(result.session_id, "error")
         assert [e["name"] for e in events] == ["prompt_too_long"]
         await app.manager.flush_calibration()
-        estimated, reported = (await app.manager.store.load_calibration())["claude-sonnet-4-6"]
+        estimated, reported = (await app.manager.store.usage.load_calibration())[
+            "claude-sonnet-4-6"
+        ]
         assert estimated > 0 and reported > 0  # the API's count fed the calibration
     finally:
         await app.stop()

@@ -63,7 +63,7 @@ async def test_failed_agent_call_loses_nothing(manager: SessionManager) -> None:
     assert [(m.role, m.text) for m in stored] == [(Role.USER, "please remember 31337")]
     info = await manager.get(result.session_id)
     assert info.errors == 1
-    events = await manager.store.events(result.session_id, "error")
+    events = await manager.store.events.of(result.session_id, "error")
     assert [e["name"] for e in events] == ["overloaded"]
 
 

@@ -14,7 +14,8 @@ from sqlalchemy import update
 from memory.cache import carried_block
 from memory.errors import SessionNotFound
 from memory.manager import SessionManager
-from memory.store import sessions, utcnow
+from memory.store import utcnow
+from memory.store.rows import sessions
 from memory.summarizer import SummaryInput, SummaryText
 from memory.types import ChatKey, Role, SessionStatus
 from tests.conftest import ManagerFactory
@@ -79,7 +80,7 @@ async def test_finalize_idle_moves_quiet_sessions_to_finalized_with_a_closing_su
     nothing = await manager.get(empty.id)
     assert (nothing.status, nothing.closing_summary) == (SessionStatus.FINALIZED, None)
     assert (await manager.get(busy.id)).status is SessionStatus.ACTIVE
-    names = [e["name"] for e in await manager.store.events(quiet.id, "lifecycle")]
+    names = [e["name"] for e in await manager.store.events.of(quiet.id, "lifecycle")]
     assert names == ["created", "finalized"]
     # Finalized sessions are not finalized again.
     assert await manager.finalize_idle() == 0
@@ -95,7 +96,7 @@ async def test_idle_session_is_finalized_and_closing_summary_includes_summaries(
     await talk(manager, session.id, [f"line {i}" for i in range(20)])
     record = await manager.fold(session.id)
     assert record is not None and (record.first_seq, record.last_seq) == (1, 14)
-    await manager.store.mark_idle(utcnow() + timedelta(seconds=1))
+    await manager.store.sessions.mark_idle(utcnow() + timedelta(seconds=1))
     assert (await manager.get(session.id)).status is SessionStatus.IDLE
     assert await manager.finalize_idle() == 1
     closing = (await manager.get(session.id)).closing_summary
@@ -170,7 +171,7 @@ async def test_open_past_expiry_expires_even_before_the_job_runs(
     old = await manager.open(KEY)
     await talk(manager, old.id, ["hi"])
     await manager.finalize_idle()  # nothing idle yet
-    await manager.store.mark_idle(utcnow() + timedelta(seconds=1))
+    await manager.store.sessions.mark_idle(utcnow() + timedelta(seconds=1))
     assert await manager.finalize_idle() == 1
     await quiet_for(manager, old.id, manager.settings.expire_after_s + 60)
     new = await manager.open(KEY)  # no expire_sessions() in between

@@ -73,7 +73,7 @@ async def view(manager: SessionManager) -> View:
         {sid: await manager.messages(sid) for sid in ids},
         {sid: await manager.summaries(sid, include_superseded=True) for sid in ids},
         {sid: await manager.build_context(sid, system_prompt=SYSTEM) for sid in ids},
-        {sid: [(e["kind"], e["name"]) for e in await manager.store.events(sid)] for sid in ids},
+        {sid: [(e["kind"], e["name"]) for e in await manager.store.events.of(sid)] for sid in ids},
     )
 
 
@@ -107,7 +107,8 @@ async def test_a_new_manager_sees_everything_the_old_one_wrote(
     await old.record_tool_call(chat.id, "fetch")
     await old.record_error(chat.id, "overloaded", {"status": 529})
     await old.record_tool_call(shared.id, "bash")
-    assert await old.record_calibration("claude-x", 1000, 1100) == 1.1
+    assert old.note_calibration("claude-x", 1000, 1100) == 1.1
+    await old.flush_calibration()
 
     # The set-up did what it meant to: folds, a merge, counters.
     chat_summaries = await old.summaries(chat.id, include_superseded=True)

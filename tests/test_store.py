@@ -11,18 +11,8 @@ from sqlalchemy.exc import IntegrityError
 
 from memory.errors import PalaverError, ProjectNotFound, SessionNotFound
 from memory.manager import SessionManager
-from memory.store import (
-    NewMessage,
-    SessionDelta,
-    Store,
-    bindings,
-    events,
-    job_runs,
-    messages,
-    sessions,
-    summaries,
-    utcnow,
-)
+from memory.store import NewMessage, SessionDelta, Store, utcnow
+from memory.store.rows import bindings, events, job_runs, messages, sessions, summaries
 from memory.types import ChatKey, Role, SessionInfo, SessionStatus, StoredMessage, Usage
 
 TG = ChatKey("telegram", "100")
@@ -37,7 +27,7 @@ def store(manager: SessionManager) -> Store:
 
 
 async def open_(store: Store, key: ChatKey, *, force_new: bool = False) -> SessionInfo:
-    return await store.open_session(key, expire_after=DAY, carry_summary=True, force_new=force_new)
+    return await store.sessions.open(key, expire_after=DAY, carry_summary=True, force_new=force_new)
 
 
 def msg(
@@ -66,7 +56,7 @@ def msg(
 
 
 async def stored(store: Store, items: list[NewMessage]) -> list[StoredMessage]:
-    outcome = await store.append_messages(items)
+    outcome = await store.messages.append(items)
     out: list[StoredMessage] = []
     for result in outcome.results:
         assert isinstance(result, StoredMessage), result
@@ -91,7 +81,7 @@ async def count_rows(store: Store, table: Any, sid: int | None = None) -> int:
 
 
 async def test_projects_create_get_list(store: Store) -> None:
-    beta = await store.create_project(
+    beta = await store.projects.create(
         "beta",
         agent_kind="code",
         model="claude-x",
@@ -100,7 +90,7 @@ async def test_projects_create_get_list(store: Store) -> None:
         workdir="/tmp/beta",
         settings={"tools": ["bash"]},
     )
-    alpha = await store.create_project("alpha")
+    alpha = await store.projects.create("alpha")
     assert beta.name == "beta"
     assert (beta.agent_kind, beta.model, beta.system_prompt) == ("code", "claude-x", "be brief")
     assert (beta.token_limit, beta.workdir, beta.settings) == (
@@ -114,26 +104,26 @@ async def test_projects_create_get_list(store: Store) -> None:
         None,
         {},
     )
-    assert await store.get_project(name="beta") == beta
-    assert await store.get_project(id=alpha.id) == alpha
-    assert [p.name for p in await store.list_projects()] == ["alpha", "beta"]
+    assert await store.projects.get(name="beta") == beta
+    assert await store.projects.get(id=alpha.id) == alpha
+    assert [p.name for p in await store.projects.all()] == ["alpha", "beta"]
     with pytest.raises(ProjectNotFound, match="no project named 'gamma'"):
-        await store.get_project(name="gamma")
+        await store.projects.get(name="gamma")
     with pytest.raises(ProjectNotFound):
-        await store.get_project(id=alpha.id + beta.id + 100)
+        await store.projects.get(id=alpha.id + beta.id + 100)
 
 
 async def test_duplicate_project_name_is_refused_and_writes_nothing(store: Store) -> None:
-    first = await store.create_project("alpha", model="m1")
+    first = await store.projects.create("alpha", model="m1")
     with pytest.raises((IntegrityError, PalaverError)):
-        await store.create_project("alpha", model="m2")
-    assert await store.list_projects() == [first]
+        await store.projects.create("alpha", model="m2")
+    assert await store.projects.all() == [first]
 
 
 async def test_duplicate_project_name_error_is_a_palaver_error(store: Store) -> None:
-    await store.create_project("alpha")
+    await store.projects.create("alpha")
     with pytest.raises(PalaverError, match="a project named 'alpha' already exists"):
-        await store.create_project("alpha")
+        await store.projects.create("alpha")
 
 
 # -- bindings and sessions -------------------------------------------------------------
@@ -151,9 +141,9 @@ async def test_open_session_same_key_same_session(store: Store) -> None:
     assert (first.message_count, first.last_seq, first.context_start) == (0, 0, 1)
     assert topic.chat_ref == "telegram:100:7"
     assert other.interface == "discord"
-    assert await store.current_session(TG) == (first, None)
-    assert await store.current_session(ChatKey("telegram", "never")) == (None, None)
-    assert [e["name"] for e in await store.events(first.id, "lifecycle")] == ["created"]
+    assert await store.sessions.current(TG) == (first, None)
+    assert await store.sessions.current(ChatKey("telegram", "never")) == (None, None)
+    assert [e["name"] for e in await store.events.of(first.id, "lifecycle")] == ["created"]
 
 
 async def test_current_session_reads_every_column_as_get_session_does(store: Store) -> None:
@@ -166,7 +156,7 @@ async def test_current_session_reads_every_column_as_get_session_does(store: Sto
             msg(session.id, "answer", 7, role=Role.ASSISTANT, usage=Usage(120, 30, 80, 10, 0.0042)),
         ],
     )
-    await store.update_state(session.id, {"lang": "en", "deep": {"a": [1, 2]}})
+    await store.events.update_state(session.id, {"lang": "en", "deep": {"a": [1, 2]}})
     await set_columns(
         store,
         session.id,
@@ -174,9 +164,9 @@ async def test_current_session_reads_every_column_as_get_session_does(store: Sto
         closing_summary="closing",
         ended_at=utcnow(),
     )
-    current, project_id = await store.current_session(TG)
-    assert project_id is None
-    assert current == await store.get_session(session.id)
+    current, project = await store.sessions.current(TG)
+    assert project is None
+    assert current == await store.sessions.get(session.id)
     assert current is not None and current.usage.cost_usd == pytest.approx(0.0042)
     assert current.state == {"lang": "en", "deep": {"a": [1, 2]}}
     assert current.ended_at is not None and current.ended_at.tzinfo is not None
@@ -205,12 +195,12 @@ async def test_spend_sums_one_users_cost_since_a_moment(store: Store) -> None:
             .values(created_at=utcnow() - DAY)
         )
     midnight = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
-    assert await store.spend(billed_to="telegram:1", since=midnight) == pytest.approx(0.125)
-    assert await store.spend(billed_to="telegram:1", since=utcnow() - 2 * DAY) == pytest.approx(
-        0.375
-    )
-    assert await store.spend(billed_to="telegram:2", since=midnight) == pytest.approx(0.5)
-    assert await store.spend(billed_to="nobody", since=midnight) == 0.0
+    assert await store.usage.spent(billed_to="telegram:1", since=midnight) == pytest.approx(0.125)
+    assert await store.usage.spent(
+        billed_to="telegram:1", since=utcnow() - 2 * DAY
+    ) == pytest.approx(0.375)
+    assert await store.usage.spent(billed_to="telegram:2", since=midnight) == pytest.approx(0.5)
+    assert await store.usage.spent(billed_to="nobody", since=midnight) == 0.0
 
 
 async def test_force_new_ends_the_old_session_and_binds_a_new_one(store: Store) -> None:
@@ -218,7 +208,7 @@ async def test_force_new_ends_the_old_session_and_binds_a_new_one(store: Store) 
     await stored(store, [msg(old.id, "keep me", 3)])
     new = await open_(store, TG, force_new=True)
     assert new.id != old.id
-    ended = await store.get_session(old.id)
+    ended = await store.sessions.get(old.id)
     assert ended.status is SessionStatus.ENDED
     assert ended.ended_at is not None
     assert ended.version == old.version + 2  # the append, then the end
@@ -227,44 +217,46 @@ async def test_force_new_ends_the_old_session_and_binds_a_new_one(store: Store) 
         0,
         None,
     )
-    current, _ = await store.current_session(TG)
+    current, _ = await store.sessions.current(TG)
     assert current is not None and current.id == new.id
     assert (await open_(store, TG)).id == new.id
-    assert [m.text for m in await store.messages(old.id)] == ["keep me"]
-    assert [e["name"] for e in await store.events(new.id)] == ["reset"]
+    assert [m.text for m in await store.messages.read(old.id)] == ["keep me"]
+    assert [e["name"] for e in await store.events.of(new.id)] == ["reset"]
 
 
 async def test_active_project_is_shared_across_interfaces(store: Store) -> None:
     private = await open_(store, TG)
-    project = await store.create_project("book")
-    await store.set_active_project(TG, project.id)
-    await store.set_active_project(DC, project.id)
+    project = await store.projects.create("book")
+    await store.projects.set_active(TG, project.id)
+    await store.projects.set_active(DC, project.id)
     from_tg = await open_(store, TG)
     from_dc = await open_(store, DC)
     assert from_tg.id == from_dc.id != private.id
     assert (from_tg.scope, from_tg.project_id, from_tg.chat_ref) == ("project", project.id, None)
     assert from_tg.interface == "telegram"  # the interface that started it
-    assert await store.current_session(DC) == (from_tg, project.id)
+    assert await store.sessions.current(DC) == (from_tg, await store.projects.get(id=project.id))
     # A reset from one chat ends the project session for every chat that selects it.
     fresh = await open_(store, DC, force_new=True)
-    assert (await store.get_session(from_tg.id)).status is SessionStatus.ENDED
+    assert (await store.sessions.get(from_tg.id)).status is SessionStatus.ENDED
     assert (await open_(store, TG)).id == fresh.id
     # Back to no project: the chat's own private session again.
-    await store.set_active_project(TG, None)
+    await store.projects.set_active(TG, None)
     assert (await open_(store, TG)).id == private.id
-    assert await store.current_session(TG) == (await store.get_session(private.id), None)
+    assert await store.sessions.current(TG) == (await store.sessions.get(private.id), None)
 
 
 async def test_open_session_expires_a_stale_session_and_carries_its_closing_summary(
     store: Store,
 ) -> None:
     old = await open_(store, TG)
-    await store.set_status(old.id, SessionStatus.FINALIZED, closing_summary="we spoke of owls")
+    await store.sessions.set_status(
+        old.id, SessionStatus.FINALIZED, closing_summary="we spoke of owls"
+    )
     await set_columns(store, old.id, last_activity_at=utcnow() - DAY - timedelta(seconds=5))
     new = await open_(store, TG)
     assert new.id != old.id
     assert new.carried_summary == "we spoke of owls"
-    expired = await store.get_session(old.id)
+    expired = await store.sessions.get(old.id)
     assert expired.status is SessionStatus.EXPIRED
     assert expired.ended_at is not None
     assert expired.closing_summary == "we spoke of owls"
@@ -277,7 +269,7 @@ async def test_append_assigns_gapless_seqs_and_updates_counters(store: Store) ->
     session = await open_(store, TG)
     u1 = Usage(100, 20, 5, 7, 0.25)
     u2 = Usage(300, 40, 0, 3, 0.5)
-    first = await store.append_messages(
+    first = await store.messages.append(
         [
             msg(session.id, "hi", 3, metadata={"reply_to": 9}),
             msg(session.id, "hello!", 5, role=Role.ASSISTANT, usage=u1),
@@ -285,7 +277,7 @@ async def test_append_assigns_gapless_seqs_and_updates_counters(store: Store) ->
         ]
     )
     assert first.deltas == {session.id: SessionDelta(session.id, 1, 2)}
-    second = await store.append_messages(
+    second = await store.messages.append(
         [
             msg(session.id, "a note", 2, role=Role.SYSTEM),
             msg(session.id, "answer", 11, role=Role.ASSISTANT, usage=u2),
@@ -298,14 +290,14 @@ async def test_append_assigns_gapless_seqs_and_updates_counters(store: Store) ->
     assert results[0].metadata == {"reply_to": 9}
     assert results[1].usage == u1 and results[0].usage is None
 
-    info = await store.get_session(session.id)
+    info = await store.sessions.get(session.id)
     assert (info.message_count, info.last_seq, info.version) == (5, 5, 3)
     assert (info.message_tokens, info.unsummarized_tokens) == (25, 25)
     assert info.usage == Usage(400, 60, 5, 10, 0.75)
     assert info.status is SessionStatus.ACTIVE
     assert info.last_activity_at >= session.last_activity_at
 
-    read = await store.messages(session.id)
+    read = await store.messages.read(session.id)
     assert [(m.seq, m.role, m.text, m.token_count) for m in read] == [
         (1, Role.USER, "hi", 3),
         (2, Role.ASSISTANT, "hello!", 5),
@@ -324,7 +316,7 @@ async def test_append_assigns_gapless_seqs_and_updates_counters(store: Store) ->
 async def test_append_spreads_one_batch_over_sessions(store: Store) -> None:
     a = await open_(store, TG)
     b = await open_(store, DC)
-    outcome = await store.append_messages(
+    outcome = await store.messages.append(
         [msg(a.id, "a1", 1), msg(b.id, "b1", 2), msg(a.id, "a2", 3), msg(b.id, "b2", 4)]
     )
     assert [(r.session_id, r.seq) for r in outcome.results if isinstance(r, StoredMessage)] == [
@@ -334,8 +326,8 @@ async def test_append_spreads_one_batch_over_sessions(store: Store) -> None:
         (b.id, 2),
     ]
     assert outcome.deltas == {a.id: SessionDelta(a.id, 1, 2), b.id: SessionDelta(b.id, 1, 2)}
-    assert (await store.get_session(a.id)).message_tokens == 4
-    assert (await store.get_session(b.id)).message_tokens == 6
+    assert (await store.sessions.get(a.id)).message_tokens == 4
+    assert (await store.sessions.get(b.id)).message_tokens == 6
 
 
 async def test_duplicate_platform_id_within_one_batch(store: Store) -> None:
@@ -353,16 +345,16 @@ async def test_duplicate_platform_id_within_one_batch(store: Store) -> None:
         (1, "first", True),
         (2, "second", False),
     ]
-    info = await store.get_session(session.id)
+    info = await store.sessions.get(session.id)
     assert (info.message_count, info.last_seq, info.message_tokens) == (2, 2, 8)
-    assert [m.text for m in await store.messages(session.id)] == ["first", "second"]
+    assert [m.text for m in await store.messages.read(session.id)] == ["first", "second"]
 
 
 async def test_duplicate_platform_id_across_batches_writes_nothing(store: Store) -> None:
     session = await open_(store, TG)
     await stored(store, [msg(session.id, "original", 3, key=TG, pid="m1")])
-    before = await store.get_session(session.id)
-    outcome = await store.append_messages(
+    before = await store.sessions.get(session.id)
+    outcome = await store.messages.append(
         [msg(session.id, "redelivered", 9, key=TG, pid="m1", usage=Usage(5, 5))]
     )
     assert outcome.deltas == {}
@@ -370,7 +362,7 @@ async def test_duplicate_platform_id_across_batches_writes_nothing(store: Store)
     assert isinstance(again, StoredMessage)
     assert (again.seq, again.text, again.token_count, again.duplicate) == (1, "original", 3, True)
     assert again.platform_message_id == "m1"
-    assert await store.get_session(session.id) == before
+    assert await store.sessions.get(session.id) == before
     assert await count_rows(store, messages, session.id) == 1
 
 
@@ -387,12 +379,12 @@ async def test_same_platform_id_in_two_chats_is_not_a_duplicate(store: Store) ->
     [in_topic] = await stored(store, [msg(tg.id, "from a topic", 3, key=TG_TOPIC, pid="42")])
     assert (in_tg.duplicate, in_dc.duplicate, in_topic.duplicate) == (False, False, False)
     assert (in_tg.seq, in_dc.seq, in_topic.seq) == (1, 1, 2)
-    assert [m.text for m in await store.messages(tg.id)] == ["from telegram", "from a topic"]
+    assert [m.text for m in await store.messages.read(tg.id)] == ["from telegram", "from a topic"]
 
 
 async def test_append_to_a_missing_session_fails_that_item_only(store: Store) -> None:
     session = await open_(store, TG)
-    outcome = await store.append_messages(
+    outcome = await store.messages.append(
         [msg(session.id, "ok 1", 2), msg(session.id + 999, "lost?", 2), msg(session.id, "ok 2", 2)]
     )
     first, missing, second = outcome.results
@@ -401,29 +393,29 @@ async def test_append_to_a_missing_session_fails_that_item_only(store: Store) ->
     assert str(missing) == f"session {session.id + 999} does not exist"
     assert isinstance(second, StoredMessage) and second.seq == 2
     assert outcome.deltas == {session.id: SessionDelta(session.id, 1, 2)}
-    assert (await store.get_session(session.id)).message_count == 2
+    assert (await store.sessions.get(session.id)).message_count == 2
 
 
 async def test_messages_after_and_through(store: Store) -> None:
     session = await open_(store, TG)
     await stored(store, [msg(session.id, f"m{i}", 1) for i in range(1, 11)])
-    assert [m.seq for m in await store.messages(session.id, after=7)] == [8, 9, 10]
-    assert [m.seq for m in await store.messages(session.id, through=3)] == [1, 2, 3]
-    assert [m.seq for m in await store.messages(session.id, after=4, through=6)] == [5, 6]
-    assert await store.messages(session.id, after=10) == []
-    assert await store.messages(session.id + 1) == []
+    assert [m.seq for m in await store.messages.read(session.id, after=7)] == [8, 9, 10]
+    assert [m.seq for m in await store.messages.read(session.id, through=3)] == [1, 2, 3]
+    assert [m.seq for m in await store.messages.read(session.id, after=4, through=6)] == [5, 6]
+    assert await store.messages.read(session.id, after=10) == []
+    assert await store.messages.read(session.id + 1) == []
 
 
-# -- snapshot, summaries, clear ----------------------------------------------------------
+# -- snapshot and summaries -----------------------------------------------------------------
 
 
-async def test_snapshot_tail_follows_summaries_and_clear(store: Store) -> None:
+async def test_snapshot_tail_follows_summaries(store: Store) -> None:
     session = await open_(store, TG)
     await stored(store, [msg(session.id, f"m{i}", i) for i in range(1, 9)])
-    snap = await store.snapshot(session.id)
+    snap = await store.messages.snapshot(session.id)
     assert snap.tail_seqs == list(range(1, 9))
     assert snap.summaries == [] and snap.session.last_seq == 8
-    written = await store.add_summary(
+    written = await store.summaries.add(
         session.id,
         expected_through=0,
         first_seq=1,
@@ -434,26 +426,19 @@ async def test_snapshot_tail_follows_summaries_and_clear(store: Store) -> None:
         fallback=False,
     )
     assert written is not None
-    snap = await store.snapshot(session.id)
+    snap = await store.messages.snapshot(session.id)
     assert snap.tail_seqs == [6, 7, 8]
     assert [s.text for s in snap.summaries] == ["one to five"]
-    await store.clear_context(session.id)
-    snap = await store.snapshot(session.id)
-    assert snap.tail == [] and snap.session.context_start == 9
-    await stored(store, [msg(session.id, "after clear", 4)])
-    snap = await store.snapshot(session.id)
-    assert snap.tail_seqs == [9] and [text for _, _, text, _ in snap.tail] == ["after clear"]
-    assert [s.text for s in snap.summaries] == ["one to five"]  # clear keeps summaries
     with pytest.raises(SessionNotFound):
-        await store.snapshot(session.id + 999)
+        await store.messages.snapshot(session.id + 999)
 
 
 async def test_add_summary_moves_the_range_and_token_counters(store: Store) -> None:
     session = await open_(store, TG)
     await stored(store, [msg(session.id, f"m{i}", 10 + i) for i in range(1, 11)])
-    before = await store.get_session(session.id)
+    before = await store.sessions.get(session.id)
     assert before.unsummarized_tokens == sum(10 + i for i in range(1, 11)) == 155
-    written = await store.add_summary(
+    written = await store.summaries.add(
         session.id,
         expected_through=0,
         first_seq=1,
@@ -473,17 +458,17 @@ async def test_add_summary_moves_the_range_and_token_counters(store: Store) -> N
         True,
     )
     assert delta == SessionDelta(session.id, before.version, before.version + 1)
-    info = await store.get_session(session.id)
+    info = await store.sessions.get(session.id)
     assert info.summarized_through == 4
     assert info.unsummarized_tokens == 155 - (11 + 12 + 13 + 14)
     assert (info.summary_tokens, info.message_tokens, info.message_count) == (9, 155, 10)
-    assert await store.summaries(session.id) == [record]
-    assert len(await store.messages(session.id)) == 10  # nothing deleted
+    assert await store.summaries.of(session.id) == [record]
+    assert len(await store.messages.read(session.id)) == 10  # nothing deleted
 
     # Stale plans write nothing: wrong expected_through, wrong start, beyond the end.
     for expected, first, last in ((0, 1, 6), (4, 6, 8), (4, 5, 11)):
         assert (
-            await store.add_summary(
+            await store.summaries.add(
                 session.id,
                 expected_through=expected,
                 first_seq=first,
@@ -495,10 +480,10 @@ async def test_add_summary_moves_the_range_and_token_counters(store: Store) -> N
             )
             is None
         )
-    assert await store.get_session(session.id) == info
+    assert await store.sessions.get(session.id) == info
     assert await count_rows(store, summaries, session.id) == 1
 
-    second = await store.add_summary(
+    second = await store.summaries.add(
         session.id,
         expected_through=4,
         first_seq=5,
@@ -509,33 +494,14 @@ async def test_add_summary_moves_the_range_and_token_counters(store: Store) -> N
         fallback=False,
     )
     assert second is not None
-    info = await store.get_session(session.id)
+    info = await store.sessions.get(session.id)
     assert (info.summarized_through, info.summary_tokens) == (7, 14)
     assert info.unsummarized_tokens == 18 + 19 + 20
 
 
-async def test_add_summary_after_clear_starts_at_the_context_start(store: Store) -> None:
-    session = await open_(store, TG)
-    await stored(store, [msg(session.id, f"old{i}", 5) for i in range(3)])
-    await store.clear_context(session.id)
-    await stored(store, [msg(session.id, f"new{i}", 7) for i in range(4)])
-    assert (await store.get_session(session.id)).unsummarized_tokens == 28
-    kwargs: dict[str, Any] = {"text": "s", "token_count": 1, "summarizer": "t", "fallback": False}
-    assert (
-        await store.add_summary(session.id, expected_through=0, first_seq=1, last_seq=5, **kwargs)
-        is None
-    )
-    written = await store.add_summary(
-        session.id, expected_through=0, first_seq=4, last_seq=5, **kwargs
-    )
-    assert written is not None
-    info = await store.get_session(session.id)
-    assert (info.summarized_through, info.unsummarized_tokens) == (5, 14)
-
-
 async def add_level1(store: Store, sid: int, first: int, last: int, tokens: int) -> int:
-    info = await store.get_session(sid)
-    written = await store.add_summary(
+    info = await store.sessions.get(sid)
+    written = await store.summaries.add(
         sid,
         expected_through=info.summarized_through,
         first_seq=first,
@@ -554,9 +520,9 @@ async def test_merge_summaries_supersedes_without_deleting(store: Store) -> None
     await stored(store, [msg(session.id, f"m{i}", 10) for i in range(1, 13)])
     a = await add_level1(store, session.id, 1, 4, 20)
     b = await add_level1(store, session.id, 5, 7, 30)
-    before = await store.get_session(session.id)
+    before = await store.sessions.get(session.id)
     assert before.summary_tokens == 50
-    written = await store.merge_summaries(
+    written = await store.summaries.merge(
         session.id,
         merged_ids=[a, b],
         text="merged 1-7",
@@ -568,11 +534,11 @@ async def test_merge_summaries_supersedes_without_deleting(store: Store) -> None
     merged, delta = written
     assert (merged.first_seq, merged.last_seq, merged.level, merged.text) == (1, 7, 2, "merged 1-7")
     assert delta == SessionDelta(session.id, before.version, before.version + 1)
-    info = await store.get_session(session.id)
+    info = await store.sessions.get(session.id)
     assert info.summary_tokens == 25
     assert info.summarized_through == 7 and info.unsummarized_tokens == before.unsummarized_tokens
-    assert [s.id for s in await store.summaries(session.id)] == [merged.id]
-    everything = await store.summaries(session.id, include_superseded=True)
+    assert [s.id for s in await store.summaries.of(session.id)] == [merged.id]
+    everything = await store.summaries.of(session.id, include_superseded=True)
     assert [(s.id, s.level) for s in everything] == [(a, 1), (b, 1), (merged.id, 2)]
     async with store.db.reader.connect() as conn:
         superseded = dict(
@@ -582,15 +548,15 @@ async def test_merge_summaries_supersedes_without_deleting(store: Store) -> None
 
     # A plan made before the merge is stale now: nothing is written.
     assert (
-        await store.merge_summaries(
+        await store.summaries.merge(
             session.id, merged_ids=[a, b], text="x", token_count=1, summarizer="t", fallback=False
         )
         is None
     )
-    assert await store.get_session(session.id) == info
+    assert await store.sessions.get(session.id) == info
 
     c = await add_level1(store, session.id, 8, 10, 15)
-    again = await store.merge_summaries(
+    again = await store.summaries.merge(
         session.id,
         merged_ids=[merged.id, c],
         text="1-10",
@@ -601,24 +567,8 @@ async def test_merge_summaries_supersedes_without_deleting(store: Store) -> None
     assert again is not None
     top = again[0]
     assert (top.first_seq, top.last_seq, top.level, top.fallback) == (1, 10, 3, True)
-    assert (await store.get_session(session.id)).summary_tokens == 30
+    assert (await store.sessions.get(session.id)).summary_tokens == 30
     assert await count_rows(store, summaries, session.id) == 5
-
-
-async def test_clear_context_keeps_messages_and_summaries(store: Store) -> None:
-    session = await open_(store, TG)
-    await stored(store, [msg(session.id, f"m{i}", 6) for i in range(5)])
-    await add_level1(store, session.id, 1, 2, 4)
-    before = await store.get_session(session.id)
-    delta = await store.clear_context(session.id)
-    assert delta == SessionDelta(session.id, before.version, before.version + 1)
-    info = await store.get_session(session.id)
-    assert (info.context_start, info.unsummarized_tokens, info.summarized_through) == (6, 0, 2)
-    assert (info.message_count, info.message_tokens, info.summary_tokens) == (5, 30, 4)
-    assert len(await store.messages(session.id)) == 5
-    assert len(await store.summaries(session.id)) == 1
-    [cleared] = [e for e in await store.events(session.id, "lifecycle") if e["name"] == "cleared"]
-    assert cleared["detail"] == {"through": 5}
 
 
 # -- state, events, lifecycle ---------------------------------------------------------------
@@ -626,30 +576,34 @@ async def test_clear_context_keeps_messages_and_summaries(store: Store) -> None:
 
 async def test_update_state_merges_and_none_removes(store: Store) -> None:
     session = await open_(store, TG)
-    state, delta = await store.update_state(session.id, {"lang": "en", "n": 1, "deep": {"a": [1]}})
+    state, delta = await store.events.update_state(
+        session.id, {"lang": "en", "n": 1, "deep": {"a": [1]}}
+    )
     assert state == {"lang": "en", "n": 1, "deep": {"a": [1]}}
     assert delta == SessionDelta(session.id, 1, 2)
-    state, _ = await store.update_state(session.id, {"n": None, "mood": "calm", "absent": None})
+    state, _ = await store.events.update_state(
+        session.id, {"n": None, "mood": "calm", "absent": None}
+    )
     assert state == {"lang": "en", "deep": {"a": [1]}, "mood": "calm"}
-    info = await store.get_session(session.id)
+    info = await store.sessions.get(session.id)
     assert info.state == state and info.version == 3
     with pytest.raises(SessionNotFound):
-        await store.update_state(session.id + 999, {"x": 1})
+        await store.events.update_state(session.id + 999, {"x": 1})
 
 
 async def test_record_event_counts_tool_calls_and_errors(store: Store) -> None:
     session = await open_(store, TG)
-    await store.record_event(session.id, "tool_call", "search", {"q": "owls"})
-    await store.record_event(session.id, "tool_call", "fetch")
-    await store.record_event(session.id, "error", "overloaded", {"status": 529})
-    delta = await store.record_event(session.id, "lifecycle", "note")
+    await store.events.record(session.id, "tool_call", "search", {"q": "owls"})
+    await store.events.record(session.id, "tool_call", "fetch")
+    await store.events.record(session.id, "error", "overloaded", {"status": 529})
+    delta = await store.events.record(session.id, "lifecycle", "note")
     assert delta == SessionDelta(session.id, 4, 5)
-    info = await store.get_session(session.id)
+    info = await store.sessions.get(session.id)
     assert (info.tool_calls, info.errors, info.version) == (2, 1, 5)
-    tools = await store.events(session.id, "tool_call")
+    tools = await store.events.of(session.id, "tool_call")
     assert [(e["name"], e["detail"]) for e in tools] == [("search", {"q": "owls"}), ("fetch", None)]
-    assert [e["name"] for e in await store.events(session.id, "error")] == ["overloaded"]
-    assert [e["kind"] for e in await store.events(session.id)] == [
+    assert [e["name"] for e in await store.events.of(session.id, "error")] == ["overloaded"]
+    assert [e["kind"] for e in await store.events.of(session.id)] == [
         "lifecycle",
         "tool_call",
         "tool_call",
@@ -657,15 +611,15 @@ async def test_record_event_counts_tool_calls_and_errors(store: Store) -> None:
         "lifecycle",
     ]
     with pytest.raises(SessionNotFound):
-        await store.record_event(session.id + 999, "error", "x")
+        await store.events.record(session.id + 999, "error", "x")
 
 
 async def test_set_status_records_closing_summary_and_end_time(store: Store) -> None:
     session = await open_(store, TG)
-    await store.set_status(session.id, SessionStatus.IDLE)
-    assert (await store.get_session(session.id)).status is SessionStatus.IDLE
-    await store.set_status(session.id, SessionStatus.FINALIZED, closing_summary="bye")
-    info = await store.get_session(session.id)
+    await store.sessions.set_status(session.id, SessionStatus.IDLE)
+    assert (await store.sessions.get(session.id)).status is SessionStatus.IDLE
+    await store.sessions.set_status(session.id, SessionStatus.FINALIZED, closing_summary="bye")
+    info = await store.sessions.get(session.id)
     assert (info.status, info.closing_summary, info.ended_at) == (
         SessionStatus.FINALIZED,
         "bye",
@@ -676,11 +630,11 @@ async def test_set_status_records_closing_summary_and_end_time(store: Store) -> 
             await conn.execute(select(sessions.c.finalized_at).where(sessions.c.id == session.id))
         ).scalar_one()
     assert finalized_at is not None
-    await store.set_status(session.id, SessionStatus.EXPIRED)
-    info = await store.get_session(session.id)
+    await store.sessions.set_status(session.id, SessionStatus.EXPIRED)
+    info = await store.sessions.get(session.id)
     assert info.status is SessionStatus.EXPIRED and info.ended_at is not None
     assert info.closing_summary == "bye"
-    names = [e["name"] for e in await store.events(session.id, "lifecycle")]
+    names = [e["name"] for e in await store.events.of(session.id, "lifecycle")]
     assert names == ["created", "idle", "finalized", "expired"]
 
 
@@ -693,22 +647,22 @@ async def test_mark_idle_and_expire_by_last_activity(store: Store) -> None:
     await set_columns(store, quiet.id, last_activity_at=now - timedelta(hours=1))
     await set_columns(store, old.id, last_activity_at=now - timedelta(days=2))
     await set_columns(store, ended.id, last_activity_at=now - timedelta(days=2))
-    await store.set_status(ended.id, SessionStatus.ENDED)
+    await store.sessions.set_status(ended.id, SessionStatus.ENDED)
 
-    idle = await store.mark_idle(now - timedelta(minutes=30))
+    idle = await store.sessions.mark_idle(now - timedelta(minutes=30))
     assert sorted(idle) == sorted([quiet.id, old.id])
-    assert (await store.get_session(fresh.id)).status is SessionStatus.ACTIVE
-    assert (await store.get_session(quiet.id)).status is SessionStatus.IDLE
-    assert (await store.get_session(quiet.id)).version == quiet.version + 1
-    assert await store.mark_idle(now - timedelta(minutes=30)) == []  # idle stays idle
+    assert (await store.sessions.get(fresh.id)).status is SessionStatus.ACTIVE
+    assert (await store.sessions.get(quiet.id)).status is SessionStatus.IDLE
+    assert (await store.sessions.get(quiet.id)).version == quiet.version + 1
+    assert await store.sessions.mark_idle(now - timedelta(minutes=30)) == []  # idle stays idle
 
-    await store.set_status(old.id, SessionStatus.FINALIZED, closing_summary="c")
-    assert await store.expire(now - DAY) == [old.id]
-    expired = await store.get_session(old.id)
+    await store.sessions.set_status(old.id, SessionStatus.FINALIZED, closing_summary="c")
+    assert await store.sessions.expire(now - DAY) == [old.id]
+    expired = await store.sessions.get(old.id)
     assert expired.status is SessionStatus.EXPIRED and expired.ended_at is not None
-    assert (await store.get_session(ended.id)).status is SessionStatus.ENDED
-    assert (await store.get_session(quiet.id)).status is SessionStatus.IDLE
-    assert await store.expire(now - DAY) == []
+    assert (await store.sessions.get(ended.id)).status is SessionStatus.ENDED
+    assert (await store.sessions.get(quiet.id)).status is SessionStatus.IDLE
+    assert await store.sessions.expire(now - DAY) == []
 
 
 async def test_delete_ended_removes_only_those_sessions(store: Store) -> None:
@@ -718,23 +672,23 @@ async def test_delete_ended_removes_only_those_sessions(store: Store) -> None:
     for sid in (keep.id, doomed.id, recent_end.id):
         await stored(store, [msg(sid, "a", 2), msg(sid, "b", 2), msg(sid, "c", 2)])
         await add_level1(store, sid, 1, 2, 3)
-        await store.record_event(sid, "tool_call", "t")
-    await store.set_status(doomed.id, SessionStatus.EXPIRED)
-    await store.set_status(recent_end.id, SessionStatus.ENDED)
+        await store.events.record(sid, "tool_call", "t")
+    await store.sessions.set_status(doomed.id, SessionStatus.EXPIRED)
+    await store.sessions.set_status(recent_end.id, SessionStatus.ENDED)
     long_ago = utcnow() - timedelta(days=40)
     await set_columns(store, doomed.id, last_activity_at=long_ago, ended_at=long_ago)
     # Active sessions are never deleted, however old.
     await set_columns(store, keep.id, last_activity_at=long_ago)
 
-    assert await store.delete_ended(utcnow() - timedelta(days=30)) == 1
+    assert await store.sessions.delete_ended(utcnow() - timedelta(days=30)) == 1
     with pytest.raises(SessionNotFound):
-        await store.get_session(doomed.id)
+        await store.sessions.get(doomed.id)
     for table in (messages, summaries, events):
         assert await count_rows(store, table, doomed.id) == 0
         assert await count_rows(store, table, keep.id) > 0
         assert await count_rows(store, table, recent_end.id) > 0
     assert await count_rows(store, messages) == 6
-    assert await store.current_session(DC) == (None, None)
+    assert await store.sessions.current(DC) == (None, None)
     async with store.db.reader.connect() as conn:
         bound = (
             await conn.execute(
@@ -744,18 +698,18 @@ async def test_delete_ended_removes_only_those_sessions(store: Store) -> None:
     assert bound is None
     # The unbound chat simply gets a new session.
     assert (await open_(store, DC)).id not in (keep.id, doomed.id, recent_end.id)
-    assert await store.delete_ended(utcnow() - timedelta(days=30)) == 0
+    assert await store.sessions.delete_ended(utcnow() - timedelta(days=30)) == 0
 
 
 async def test_delete_ended_unbinds_a_project(store: Store) -> None:
-    project = await store.create_project("p")
-    await store.set_active_project(TG, project.id)
+    project = await store.projects.create("p")
+    await store.projects.set_active(TG, project.id)
     session = await open_(store, TG)
-    await store.set_status(session.id, SessionStatus.EXPIRED)
+    await store.sessions.set_status(session.id, SessionStatus.EXPIRED)
     long_ago = utcnow() - timedelta(days=40)
     await set_columns(store, session.id, last_activity_at=long_ago, ended_at=long_ago)
-    assert await store.delete_ended(utcnow() - timedelta(days=30)) == 1
-    assert await store.current_session(TG) == (None, project.id)
+    assert await store.sessions.delete_ended(utcnow() - timedelta(days=30)) == 1
+    assert await store.sessions.current(TG) == (None, project)
     fresh = await open_(store, TG)
     assert (fresh.scope, fresh.project_id) == ("project", project.id)
 
@@ -764,7 +718,7 @@ async def test_delete_ended_unbinds_a_project(store: Store) -> None:
 
 
 async def test_global_stats(store: Store) -> None:
-    assert await store.global_stats() == {
+    assert await store.usage.global_counts() == {
         "sessions_total": 0,
         "messages": 0,
         "input_tokens": 0,
@@ -788,8 +742,8 @@ async def test_global_stats(store: Store) -> None:
             msg(b.id, "q", 1),
         ],
     )
-    await store.set_status(b.id, SessionStatus.ENDED)
-    stats = await store.global_stats()
+    await store.sessions.set_status(b.id, SessionStatus.ENDED)
+    stats = await store.usage.global_counts()
     assert stats == {
         "sessions_total": 3,
         "messages": 5,
@@ -804,19 +758,19 @@ async def test_global_stats(store: Store) -> None:
 
 
 async def test_calibration_add_and_load(store: Store) -> None:
-    assert await store.load_calibration() == {}
-    assert await store.add_calibration("sonnet", 100, 110) == (100, 110)
-    assert await store.add_calibration("sonnet", 50, 40) == (150, 150)
-    assert await store.add_calibration("haiku", 10, 12) == (10, 12)
-    assert await store.load_calibration() == {"sonnet": (150, 150), "haiku": (10, 12)}
+    assert await store.usage.load_calibration() == {}
+    assert await store.usage.add_calibration("sonnet", 100, 110) == (100, 110)
+    assert await store.usage.add_calibration("sonnet", 50, 40) == (150, 150)
+    assert await store.usage.add_calibration("haiku", 10, 12) == (10, 12)
+    assert await store.usage.load_calibration() == {"sonnet": (150, 150), "haiku": (10, 12)}
 
 
 async def test_job_runs_start_and_finish(store: Store) -> None:
-    first = await store.start_job_run("finalize_idle")
-    second = await store.start_job_run("cleanup")
+    first = await store.jobs.start("finalize_idle")
+    second = await store.jobs.start("cleanup")
     assert first != second
-    await store.finish_job_run(first, "ok", {"finalized": 3})
-    await store.finish_job_run(second, "failed", None, "the database failed")
+    await store.jobs.finish(first, "ok", {"finalized": 3})
+    await store.jobs.finish(second, "failed", None, "the database failed")
     async with store.db.reader.connect() as conn:
         rows = {r["id"]: r for r in (await conn.execute(select(job_runs))).mappings()}
     assert (rows[first]["job"], rows[first]["outcome"], rows[first]["counts"]) == (
@@ -834,41 +788,39 @@ async def test_job_runs_start_and_finish(store: Store) -> None:
 
 
 async def test_list_sessions_filters(store: Store) -> None:
-    project = await store.create_project("p")
+    project = await store.projects.create("p")
     a = await open_(store, TG)
     b = await open_(store, DC)
-    await store.set_active_project(TG_TOPIC, project.id)
+    await store.projects.set_active(TG_TOPIC, project.id)
     c = await open_(store, TG_TOPIC)
     now = utcnow()
     await set_columns(store, a.id, last_activity_at=now - timedelta(hours=3))
     await set_columns(store, b.id, last_activity_at=now - timedelta(hours=2))
     await set_columns(store, c.id, last_activity_at=now - timedelta(hours=1))
-    await store.set_status(b.id, SessionStatus.IDLE)
+    await store.sessions.set_status(b.id, SessionStatus.IDLE)
 
     def ids(found: list[SessionInfo]) -> list[int]:
         return [s.id for s in found]
 
-    assert ids(await store.list_sessions()) == [c.id, b.id, a.id]  # newest activity first
-    assert ids(await store.list_sessions(status=SessionStatus.ACTIVE)) == [c.id, a.id]
-    assert ids(await store.list_sessions(interface="telegram")) == [c.id, a.id]
-    assert ids(await store.list_sessions(chat_ref=TG.ref)) == [a.id]
-    assert ids(await store.list_sessions(project_id=project.id)) == [c.id]
-    assert ids(await store.list_sessions(active_since=now - timedelta(minutes=150))) == [c.id, b.id]
-    assert ids(await store.list_sessions(limit=2)) == [c.id, b.id]
-    assert ids(await store.list_sessions(limit=2, offset=2)) == [a.id]
-    assert await store.list_sessions(status=SessionStatus.EXPIRED) == []
+    assert ids(await store.sessions.find()) == [c.id, b.id, a.id]  # newest activity first
+    assert ids(await store.sessions.find(status=SessionStatus.ACTIVE)) == [c.id, a.id]
+    assert ids(await store.sessions.find(interface="telegram")) == [c.id, a.id]
+    assert ids(await store.sessions.find(chat_ref=TG.ref)) == [a.id]
+    assert ids(await store.sessions.find(project_id=project.id)) == [c.id]
+    assert ids(await store.sessions.find(active_since=now - timedelta(minutes=150))) == [c.id, b.id]
+    assert ids(await store.sessions.find(limit=2)) == [c.id, b.id]
+    assert ids(await store.sessions.find(limit=2, offset=2)) == [a.id]
+    assert await store.sessions.find(status=SessionStatus.EXPIRED) == []
 
 
 async def test_session_version_and_missing_sessions(store: Store) -> None:
     session = await open_(store, TG)
-    assert await store.session_version(session.id) == 1
+    assert await store.sessions.version(session.id) == 1
     await stored(store, [msg(session.id, "x", 1)])
-    assert await store.session_version(session.id) == 2
+    assert await store.sessions.version(session.id) == 2
     missing = session.id + 999
-    assert await store.session_version(missing) is None
+    assert await store.sessions.version(missing) is None
     with pytest.raises(SessionNotFound):
-        await store.get_session(missing)
+        await store.sessions.get(missing)
     with pytest.raises(SessionNotFound):
-        await store.clear_context(missing)
-    with pytest.raises(SessionNotFound):
-        await store.set_status(missing, SessionStatus.IDLE)
+        await store.sessions.set_status(missing, SessionStatus.IDLE)

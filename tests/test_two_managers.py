@@ -155,7 +155,7 @@ async def test_default_verify_window_catches_up_on_the_next_own_write(
     assert [m.text for m in context.messages] == ["one", "two (from B)", "three"]
     reloaded = a.cache.peek(session.id)
     assert reloaded is not None
-    assert reloaded.version == version_before + 2 == await a.store.session_version(session.id)
+    assert reloaded.version == version_before + 2 == await a.store.sessions.version(session.id)
     assert (reloaded.last_seq, reloaded.message_count) == (3, 3)
 
 
