@@ -18,12 +18,17 @@ from pathlib import Path
 from bots.app import Palaver, freeze_startup_heap
 from bots.config import Config, ConfigError, load_config, render_config
 from bots.console import Console
-from bots.interface import Interface
+from conversation.outbound import Interface
 from memory.errors import PalaverError
 
 
 async def serve(config: Config, *, console_only: bool) -> int:
-    """Start the application and its interfaces in this loop; stop on SIGINT/SIGTERM."""
+    """Start the application and its interfaces in this loop; stop on SIGINT/SIGTERM.
+
+    Shutdown: the interfaces stop taking events, the core lets the turns in flight
+    finish for ``shutdown_grace_s`` (then cancels them; their messages are kept and
+    answered after the restart), the interfaces close, and memory is flushed.
+    """
     app = Palaver(config)
     try:
         await app.start()
@@ -44,10 +49,11 @@ async def serve(config: Config, *, console_only: bool) -> int:
         freeze_startup_heap()
         if not started:
             print(app.startup_hint(), flush=True)
-            console = asyncio.create_task(Console(app.turn, app.commands).run())
+            console = Console(app.dispatcher, config.palaver.data_dir)
+            chatting = asyncio.create_task(console.run())
             waiter = asyncio.create_task(stop.wait())
-            await asyncio.wait({console, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (console, waiter):
+            await asyncio.wait({chatting, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (chatting, waiter):
                 task.cancel()
         else:
             await stop.wait()
@@ -56,10 +62,23 @@ async def serve(config: Config, *, console_only: bool) -> int:
         print(f"palaver: cannot start: {error}", file=sys.stderr)
         return 1
     finally:
-        for interface in reversed(started):
-            await interface.stop(config.palaver.shutdown_grace_s)
+        await app.close_interfaces(started, config.palaver.shutdown_grace_s)
         await app.stop()
     return 0
+
+
+def configure_logging(config: Config, *, console: bool) -> None:
+    """Log lines to stderr; in console mode to ``palaver.log`` in the data dir instead,
+    so that they never interleave with the chat at the terminal."""
+    formatter = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    if not console:
+        logging.basicConfig(level=config.palaver.log_level, format=formatter, stream=sys.stderr)
+        return
+    data_dir = config.palaver.data_dir
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = data_dir / "palaver.log"
+    path.touch(mode=0o600, exist_ok=True)
+    logging.basicConfig(level=config.palaver.log_level, format=formatter, filename=path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,14 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"palaver: {error}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.palaver.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     if args.command == "check-config":
         print(render_config(config))
         return 0
+    secrets = config.secrets
+    console = args.command == "console" or not (
+        secrets.telegram_bot_token or secrets.discord_bot_token
+    )
+    configure_logging(config, console=console)
+    for note in config.notes:
+        logging.getLogger("palaver").warning("config: %s", note)
     try:
         return asyncio.run(serve(config, console_only=args.command == "console"))
     except KeyboardInterrupt:

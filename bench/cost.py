@@ -29,10 +29,10 @@ import anthropic
 
 from agents.base import Agent, AgentEvent, AgentRequest
 from bench.common import format_table, pct
-from bots.access import Actor
 from bots.app import Palaver, freeze_startup_heap
 from bots.config import load_config
-from bots.turn import Incoming, Outcome
+from conversation.access import Actor
+from conversation.turn import Outcome, Question
 from memory.types import ChatKey
 from tests.fakes.anthropic_api import FakeAnthropic
 
@@ -169,7 +169,7 @@ async def palaver_run(fake: RemoteFake, turns: int, token_limit: int, tmp: str) 
     for i in range(turns):
         before = timed.waited
         started = time.perf_counter()
-        result = await app.turn.handle(Incoming(key, actor, user_text(i), str(i)))
+        result = await app.turn.handle(Question(key, actor, user_text(i), str(i)))
         elapsed = time.perf_counter() - started
         assert result.outcome is Outcome.REPLIED, result.text
         overheads.append(elapsed - (timed.waited - before))

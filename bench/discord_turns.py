@@ -53,16 +53,10 @@ from agents.settings import ClaudeSettings
 from bench import turns
 from bench.turns import ClosedLoop, SleepAgent, TimedAgent, TurnTimer, measure, model_sleep
 from bots.app import Palaver
-from bots.config import (
-    AccessSettings,
-    Config,
-    DiscordSettings,
-    PalaverSettings,
-    RateLimitSettings,
-    Secrets,
-)
+from bots.config import Config, DiscordSettings, PalaverSettings, Secrets
 from bots.discord_bot import DiscordBot
-from bots.turn import Incoming, Outcome, ProgressSink, Turn, TurnResult
+from conversation.settings import AccessSettings, RateLimitSettings
+from conversation.turn import Outcome, ProgressSink, Question, TurnResult
 from memory.settings import DatabaseSettings
 from memory.types import Role
 from tests.fakes.anthropic_api import JSON, FakeAnthropic
@@ -181,18 +175,19 @@ def fakes_main(
 # -- the bot's process -------------------------------------------------------------------
 
 
-class AdapterOnlyTurn(Turn):
-    """The Discord adapter alone: access from the real turn, no memory, an instant reply."""
+class AdapterOnlyTurn:
+    """The Discord adapter and the dispatcher alone: no memory, an instant reply."""
 
-    latency = 0.0
+    def __init__(self, latency: float) -> None:
+        self.latency = latency
 
     async def handle(
-        self, incoming: Incoming, *, on_progress: ProgressSink | None = None
+        self, question: Question, *, on_progress: ProgressSink | None = None
     ) -> TurnResult:
         await model_sleep(self.latency)
-        return TurnResult(Outcome.REPLIED, answer_to(incoming.text))
+        return TurnResult(Outcome.REPLIED, answer_to(question.text))
 
-    async def observe(self, incoming: Incoming) -> TurnResult:
+    async def observe(self, question: Question) -> TurnResult:
         return TurnResult(Outcome.STORED, "")
 
 
@@ -234,9 +229,8 @@ async def run_bot(
     elif layer == "agent":
         turn.agent = TimedAgent(SleepAgent(latency, answer_last_question))
     else:
-        turn = AdapterOnlyTurn(turn.manager, turn.agent, turn.access, turn.limiter, turn.settings)
-        turn.latency = latency
-    bot = TimedBot(config.discord, TOKEN, turn, app.commands, guild_ready_timeout=0.1)
+        app.dispatcher.turn = AdapterOnlyTurn(latency)  # type: ignore[assignment]
+    bot = TimedBot(config.discord, TOKEN, app.dispatcher, guild_ready_timeout=0.1)
     bot.timer = TurnTimer()
     return await measure(app, bot, pipe)
 

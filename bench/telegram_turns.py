@@ -46,16 +46,10 @@ from agents.settings import ClaudeSettings, SpendSettings
 from bench import turns
 from bench.turns import ClosedLoop, SleepAgent, TimedAgent, TurnTimer, measure, model_sleep
 from bots.app import Palaver
-from bots.config import (
-    AccessSettings,
-    Config,
-    PalaverSettings,
-    RateLimitSettings,
-    Secrets,
-    TelegramSettings,
-)
+from bots.config import Config, PalaverSettings, Secrets, TelegramSettings
 from bots.telegram_bot import TelegramBot
-from bots.turn import Incoming, Outcome, Turn, TurnResult
+from conversation.settings import AccessSettings, RateLimitSettings
+from conversation.turn import Outcome, Question, TurnResult
 from memory.settings import DatabaseSettings
 from tests.fakes.anthropic_api import FakeAnthropic
 from tests.fakes.telegram_api import JSON, FakeTelegram
@@ -128,17 +122,16 @@ def fakes_main(chats: int, messages: int, latency: float, stagger: float, pipe: 
 
 
 class AdapterOnlyTurn:
-    """The Telegram adapter alone: access from the real turn, no memory, an instant reply."""
+    """The Telegram adapter and the dispatcher alone: no memory, an instant reply."""
 
-    def __init__(self, turn: Turn, latency: float) -> None:
-        self.access = turn.access
+    def __init__(self, latency: float) -> None:
         self.latency = latency
 
-    async def handle(self, incoming: Incoming, *, on_progress: Any = None) -> TurnResult:
+    async def handle(self, question: Question, *, on_progress: Any = None) -> TurnResult:
         await model_sleep(self.latency)
         return TurnResult(Outcome.REPLIED, ANSWER)
 
-    async def observe(self, incoming: Incoming) -> TurnResult:
+    async def observe(self, question: Question) -> TurnResult:
         return TurnResult(Outcome.STORED, "")
 
 
@@ -147,8 +140,8 @@ class TimedBot(TelegramBot):
 
     timer: TurnTimer
 
-    async def handle_update(self, update: Any) -> None:
-        await self.timer.time(lambda: super(TimedBot, self).handle_update(update))
+    async def _on_update(self, update: Any, context: Any) -> None:
+        await self.timer.time(lambda: super(TimedBot, self)._on_update(update, context))
 
 
 def short_answer(request: AgentRequest) -> str:
@@ -172,14 +165,14 @@ async def run_bot(
     )
     app = Palaver(config)
     await app.start()
-    turn: Any = app.turn
+    turn = app.turn
     if layer == "claude":
         turn.agent = TimedAgent(turn.agent)
     elif layer == "agent":
         turn.agent = TimedAgent(SleepAgent(latency, short_answer))
     else:
-        turn = AdapterOnlyTurn(app.turn, latency)
-    bot = TimedBot(config.telegram, TOKEN, turn, app.commands)
+        app.dispatcher.turn = AdapterOnlyTurn(latency)  # type: ignore[assignment]
+    bot = TimedBot(config.telegram, TOKEN, app.dispatcher)
     bot.timer = TurnTimer()
     return await measure(app, bot, pipe)
 

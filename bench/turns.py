@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from agents.base import Agent, AgentEvent, AgentReply, AgentRequest, TextDelta
 from bench.common import format_table, pct
 from bots.app import Palaver, freeze_startup_heap
-from bots.interface import Interface
+from conversation.outbound import Interface
 from memory.types import Usage
 
 Row = tuple[str, ...]
@@ -206,7 +206,7 @@ async def measure(app: Palaver, bot: TimedInterface, pipe: Connection) -> dict[s
     pipe.send("go")
     result: dict[str, Any] = await loop.run_in_executor(None, pipe.recv)
     result["cpu"] = time.process_time() - cpu
-    await bot.stop(10.0)
+    await app.close_interfaces([bot], 10.0)
     await app.stop()
     pipe.send("stopped")
     result.update(overhead=bot.timer.overhead, model=bot.timer.model)

@@ -1,14 +1,16 @@
 """The application object: the one place where everything is built and wired.
 
-Config -> database (migrated) -> store -> session manager -> agent -> turn and
-commands -> interfaces. No module-level singletons: tests build their own Palaver
-with their own config, several side by side if they like.
+Config -> database (migrated) -> store -> session manager -> agent -> the
+conversation core (turn, command registry, dispatcher) -> interfaces. No
+module-level singletons: tests build their own Palaver with their own config,
+several side by side if they like.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import anthropic
@@ -18,12 +20,16 @@ from agents.claude import ClaudeAgent
 from agents.claude_summarizer import ClaudeSummarizer
 from agents.offline import OfflineAgent
 from agents.pricing import Pricing
-from bots.access import AccessPolicy
-from bots.commands import Commands
 from bots.config import Config
-from bots.interface import Interface
-from bots.ratelimit import RateLimiter
-from bots.turn import Turn
+from conversation.access import AccessPolicy
+from conversation.attachments import AttachmentReader
+from conversation.commands import BuiltinCommands
+from conversation.dispatcher import Dispatcher
+from conversation.ordering import ChatLanes
+from conversation.outbound import Interface
+from conversation.ratelimit import RateLimiter
+from conversation.registry import Registry
+from conversation.turn import Turn
 from memory.database import Database, migrate, open_database
 from memory.manager import SessionManager
 from memory.store import Store
@@ -52,7 +58,7 @@ class Wiring:
     manager: SessionManager
     agent: Agent
     turn: Turn
-    commands: Commands
+    dispatcher: Dispatcher
     client: anthropic.AsyncAnthropic | None
 
 
@@ -76,8 +82,8 @@ class Palaver:
         return self.wiring.turn
 
     @property
-    def commands(self) -> Commands:
-        return self.wiring.commands
+    def dispatcher(self) -> Dispatcher:
+        return self.wiring.dispatcher
 
     def build_claude(self) -> tuple[Agent, Summarizer | None, anthropic.AsyncAnthropic | None]:
         """Claude and its summarizer when ANTHROPIC_API_KEY is set, else the offline agent.
@@ -113,15 +119,18 @@ class Palaver:
         except BaseException:
             await database.dispose()
             raise
-        turn = Turn(
-            manager,
-            agent,
-            AccessPolicy(config.access),
-            RateLimiter(config.rate_limit),
-            config.agent,
-            config.spend,
+        turn = Turn(manager, agent, config.agent, config.spend)
+        registry = Registry()
+        BuiltinCommands(registry, manager, turn, config.palaver.data_dir / "exports").register()
+        dispatcher = Dispatcher(
+            turn=turn,
+            registry=registry,
+            access=AccessPolicy(config.access),
+            limiter=RateLimiter(config.rate_limit),
+            reader=AttachmentReader(config.attachments),
+            lanes=ChatLanes(config.palaver.max_concurrent_turns),
         )
-        self._wiring = Wiring(database, manager, agent, turn, Commands(turn), client)
+        self._wiring = Wiring(database, manager, agent, turn, dispatcher, client)
         log.info("palaver started: database %s, agent %s", database.reader.dialect.name, agent.name)
 
     async def stop(self) -> None:
@@ -136,6 +145,16 @@ class Palaver:
                 await wiring.client.close()
             await wiring.database.dispose()
 
+    async def close_interfaces(self, interfaces: Sequence[Interface], grace: float) -> None:
+        """Shutdown: the interfaces take no more events, the core lets the turns in
+        flight finish for ``grace`` seconds (then cancels them: their messages are
+        kept, and answered after the restart), and the interfaces close."""
+        for interface in interfaces:
+            await interface.stop_receiving()
+        await self.dispatcher.drain(grace)
+        for interface in reversed(interfaces):
+            await interface.stop()
+
     def build_interfaces(self) -> list[Interface]:
         """The bots whose tokens are set, built but not started."""
         interfaces: list[Interface] = []
@@ -145,10 +164,7 @@ class Palaver:
 
             interfaces.append(
                 TelegramBot(
-                    self.config.telegram,
-                    telegram_token.get_secret_value(),
-                    self.turn,
-                    self.commands,
+                    self.config.telegram, telegram_token.get_secret_value(), self.dispatcher
                 )
             )
         discord_token = self.config.secrets.discord_bot_token
@@ -156,12 +172,7 @@ class Palaver:
             from bots.discord_bot import DiscordBot  # discord.py is loaded only when configured
 
             interfaces.append(
-                DiscordBot(
-                    self.config.discord,
-                    discord_token.get_secret_value(),
-                    self.turn,
-                    self.commands,
-                )
+                DiscordBot(self.config.discord, discord_token.get_secret_value(), self.dispatcher)
             )
         return interfaces
 

@@ -20,6 +20,12 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from sqlalchemy.engine import make_url
 
 from agents.settings import ClaudeSettings, SpendSettings
+from conversation.settings import (
+    AccessSettings,
+    AgentSettings,
+    AttachmentSettings,
+    RateLimitSettings,
+)
 from memory.settings import DatabaseSettings, MemorySettings
 
 ENV_PREFIX = "PALAVER_"
@@ -39,34 +45,7 @@ class PalaverSettings(_Section):
     data_dir: Path = Path("data")
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     shutdown_grace_s: float = Field(10.0, ge=0, le=600)
-
-
-class AgentSettings(_Section):
-    system_prompt: str = Field(
-        "You are Palaver, a helpful assistant in a chat. Answer clearly and concisely.",
-        min_length=1,
-        max_length=20_000,
-    )
-    model: str = Field("claude-sonnet-4-6", min_length=1)
-    max_tokens: int = Field(1024, ge=1, le=64_000)
-    context_window: int = Field(200_000, ge=1000)
-
-
-class AccessSettings(_Section):
-    allowed_users: list[str] = Field(default_factory=list)
-    allowed_chats: list[str] = Field(default_factory=list)
-    allowed_guilds: list[str] = Field(default_factory=list)
-    allowed_roles: list[str] = Field(default_factory=list)
-    admins: list[str] = Field(default_factory=list)
-    allow_everyone: bool = False
-
-
-TEXT_EXTENSIONS = [
-    *("txt", "md", "markdown", "rst", "log", "csv", "tsv", "json", "jsonl", "yaml", "yml"),
-    *("toml", "ini", "cfg", "conf", "xml", "html", "css", "py", "js", "ts", "tsx", "jsx"),
-    *("java", "kt", "c", "h", "cpp", "hpp", "cs", "go", "rs", "rb", "php", "sh", "sql"),
-    *("swift", "r", "tex", "diff", "patch"),
-]
+    max_concurrent_turns: int = Field(1024, ge=1, le=100_000)
 
 
 class TelegramSettings(_Section):
@@ -80,9 +59,6 @@ class TelegramSettings(_Section):
     draft_interval_s: float = Field(0.5, ge=0.05, le=30)
     edit_interval_s: float = Field(2.0, ge=0.2, le=60)
     typing_interval_s: float = Field(4.0, ge=0.5, le=5)
-    max_document_bytes: int = Field(50_000, ge=0, le=20_000_000)
-    text_extensions: list[str] = Field(default_factory=lambda: list(TEXT_EXTENSIONS))
-    concurrent_updates: int = Field(1024, ge=1, le=100_000)
     http_client: Literal["aiohttp", "httpx"] = "aiohttp"
     connection_pool_size: int = Field(256, ge=1, le=10_000)
     http_version: Literal["1.1", "2"] = "1.1"
@@ -107,13 +83,7 @@ class DiscordSettings(_Section):
     message_content: bool = True
     command_guilds: list[int] = Field(default_factory=list)
     stream_edit_interval_s: float = Field(1.0, ge=0.2, le=60)
-    max_attachment_bytes: int = Field(50_000, ge=0, le=25_000_000)
     connect_timeout_s: float = Field(30.0, gt=0, le=600)
-
-
-class RateLimitSettings(_Section):
-    per_minute: float = Field(20.0, gt=0)
-    burst: int = Field(5, ge=1)
 
 
 class Secrets(BaseModel):
@@ -131,10 +101,13 @@ class Config(_Section):
     spend: SpendSettings = Field(default_factory=SpendSettings)
     access: AccessSettings = Field(default_factory=AccessSettings)
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    attachments: AttachmentSettings = Field(default_factory=AttachmentSettings)
     telegram: TelegramSettings = Field(default_factory=TelegramSettings)
     discord: DiscordSettings = Field(default_factory=DiscordSettings)
     secrets: Secrets = Field(default_factory=Secrets, exclude=True)
     source: Path | None = Field(None, exclude=True)
+    # Keys that still work but have moved: said once at start, in the log.
+    notes: list[str] = Field(default_factory=list, exclude=True)
 
     @property
     def database_url(self) -> str:
@@ -192,6 +165,7 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
                 f"the environment ({', '.join(SECRET_ENV)})"
             )
     _apply_env(data, environ)
+    notes = _moved_keys(data)
     data["secrets"] = {
         name.lower(): environ[name] for name in SECRET_ENV if environ.get(name, "").strip()
     }
@@ -203,7 +177,35 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
     if not config.palaver.data_dir.is_absolute():
         config.palaver.data_dir = base / config.palaver.data_dir
     config.source = path
+    config.notes = notes
     return config
+
+
+# Keys that moved: (old section, old key) -> (new section, new key).
+MOVED = {
+    ("telegram", "text_extensions"): ("attachments", "text_extensions"),
+    ("telegram", "max_document_bytes"): ("attachments", "max_text_bytes"),
+    ("discord", "max_attachment_bytes"): ("attachments", "max_text_bytes"),
+    ("telegram", "concurrent_updates"): ("palaver", "max_concurrent_turns"),
+}
+
+
+def _moved_keys(data: dict[str, Any]) -> list[str]:
+    """Accept the old name of a moved key (the new name wins if both are set)."""
+    notes = []
+    for (section, key), (new_section, new_key) in MOVED.items():
+        old = data.get(section)
+        if not isinstance(old, dict) or key not in old:
+            continue
+        value = old.pop(key)
+        target = data.setdefault(new_section, {})
+        if isinstance(target, dict):
+            target.setdefault(new_key, value)
+        notes.append(
+            f"{section}.{key} has moved to {new_section}.{new_key}; "
+            "the old name still works for now"
+        )
+    return notes
 
 
 def render_config(config: Config) -> str:

@@ -1,85 +1,203 @@
-"""The console interface: chat in the terminal through the same turn and commands.
+"""The console interface: chat in the terminal, through the same core as every bot.
 
-stdin is read by a daemon thread, so that quitting never waits for a keypress.
+The person at the console is the operator: always allowed, never rate-limited (the
+access policy knows the "console" interface). At a terminal it feels like a chat
+program: line editing and history (prompt_toolkit, history kept in the data dir),
+a spinner while the model works, and the reply rendered from Markdown (rich). When
+stdin or stdout is not a terminal it stays scriptable: plain lines in, the reply
+streamed as plain text out. Log lines never interleave with the chat: in console
+mode they go to ``palaver.log`` in the data dir (see run.py). ``/export`` writes
+its file into ``<data dir>/exports`` and prints the path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import getpass
+import shutil
 import sys
 import threading
+from pathlib import Path
 from typing import TextIO
 
-from bots.access import Actor
-from bots.commands import Commands, parse_command
-from bots.turn import Incoming, Turn
+from rich.console import Console as RichConsole
+from rich.live import Live
+from rich.markdown import Markdown
+from rich.spinner import Spinner
+
+from conversation.access import Actor
+from conversation.dispatcher import Dispatcher
+from conversation.inbound import Inbound
+from conversation.outbound import Outbound, OutboundFile, ReplyStream
 from memory.types import ChatKey
 
 KEY = ChatKey("console", "local")
+PROMPT = "you> "
+REPLY = "palaver> "
 
 
-def _reader(
-    loop: asyncio.AbstractEventLoop, stream: TextIO, queue: asyncio.Queue[str | None]
-) -> None:
-    for line in stream:
-        loop.call_soon_threadsafe(queue.put_nowait, line)
-    loop.call_soon_threadsafe(queue.put_nowait, None)
+def operator() -> Actor:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "operator"
+    return Actor("console", user, user)
+
+
+class _PlainStream:
+    """The reply streamed as plain text, for pipes and scripts."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._printed = ""
+        self._started = False
+
+    def _write(self, text: str) -> None:
+        self._out.write(text)
+        self._out.flush()
+
+    async def update(self, text: str) -> None:
+        if not self._started:
+            self._write(REPLY)
+            self._started = True
+        if text.startswith(self._printed):
+            self._write(text[len(self._printed) :])
+            self._printed = text
+
+    async def finish(self, text: str) -> None:
+        if self._started and text.startswith(self._printed):
+            self._write(text[len(self._printed) :] + "\n")
+        else:  # nothing streamed, or the stream broke off: the whole text on its own line
+            self._write(("\n" if self._started else "") + REPLY + text + "\n")
+        self._printed = text
+        self._started = False
+
+    async def close(self) -> None:
+        if self._started:
+            self._write("\n")
+
+
+class _LiveStream:
+    """A spinner until text arrives, then the reply rendered as Markdown as it grows."""
+
+    def __init__(self, console: RichConsole) -> None:
+        self._live = Live(
+            Spinner("dots", text="thinking..."), console=console, refresh_per_second=8
+        )
+        self._live.start()
+
+    async def update(self, text: str) -> None:
+        self._live.update(Markdown(text))
+
+    async def finish(self, text: str) -> None:
+        self._live.update(Markdown(text))
+        self._live.stop()
+
+    async def close(self) -> None:
+        if self._live.is_started:
+            self._live.update("")
+            self._live.stop()
+
+
+class ConsolePort:
+    """The outbound port of the terminal (see conversation.outbound)."""
+
+    upload_limit = 1 << 40  # a file on the local disk
+
+    def __init__(self, out: TextIO, exports: Path, rich: RichConsole | None) -> None:
+        self._out = out
+        self._exports = exports
+        self._rich = rich
+
+    async def send(self, text: str, *, markdown: bool = False) -> None:
+        if self._rich is not None and markdown:
+            self._rich.print(Markdown(text))
+        elif self._rich is not None:
+            self._rich.print(text, markup=False, highlight=False)
+        else:
+            self._out.write(text + "\n")
+            self._out.flush()
+
+    async def send_file(self, file: OutboundFile, caption: str) -> None:
+        """Files land in the exports folder of the data dir, private to the operator."""
+        self._exports.mkdir(mode=0o700, parents=True, exist_ok=True)
+        target = self._exports / file.name
+        await asyncio.to_thread(shutil.copyfile, file.path, target)
+        target.chmod(0o600)
+        await self.send(f"{caption}\nSaved to {target}")
+
+    def stream(self) -> ReplyStream:
+        if self._rich is not None:
+            return _LiveStream(self._rich)
+        return _PlainStream(self._out)
+
+    def private(self) -> Outbound | None:
+        return None  # the terminal is the operator's alone
+
+    def private_hint(self, command: str) -> str:
+        return f"Run /{command} again."
 
 
 class Console:
+    """Reads lines and hands each to the dispatcher, one at a time."""
+
+    name = "console"
+
     def __init__(
         self,
-        turn: Turn,
-        commands: Commands,
+        dispatcher: Dispatcher,
+        data_dir: Path,
         *,
         stdin: TextIO | None = None,
         stdout: TextIO | None = None,
     ) -> None:
-        self.turn = turn
-        self.commands = commands
+        self.dispatcher = dispatcher
+        self.data_dir = data_dir
         self.stdin = stdin or sys.stdin
         self.stdout = stdout or sys.stdout
-        try:
-            user = getpass.getuser()
-        except (KeyError, OSError):
-            user = "operator"
-        self.actor = Actor("console", user, user)
+        self.actor = operator()
+        self.interactive = self.stdin.isatty() and self.stdout.isatty()
+        rich = RichConsole(file=self.stdout) if self.interactive else None
+        self.port = ConsolePort(self.stdout, data_dir / "exports", rich)
 
-    def _write(self, text: str) -> None:
-        self.stdout.write(text)
-        self.stdout.flush()
+    async def handle(self, text: str) -> None:
+        await self.dispatcher.handle(Inbound(KEY, self.actor, text), self.port)
 
     async def run(self) -> None:
+        if self.interactive:
+            await self._run_interactive()
+        else:
+            await self._run_piped()
+
+    async def _run_interactive(self) -> None:
+        from prompt_toolkit import PromptSession
+        from prompt_toolkit.history import FileHistory
+
+        history = self.data_dir / "console_history"
+        history.touch(mode=0o600, exist_ok=True)
+        session: PromptSession[str] = PromptSession(history=FileHistory(str(history)))
+        while True:
+            try:
+                line = await session.prompt_async(PROMPT)
+            except EOFError:
+                return
+            except KeyboardInterrupt:
+                continue
+            if line.strip():
+                await self.handle(line)
+
+    async def _run_piped(self) -> None:
         queue: asyncio.Queue[str | None] = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        threading.Thread(
-            target=_reader, args=(loop, self.stdin, queue), name="console-stdin", daemon=True
-        ).start()
-        self._write("you> ")
+
+        def read() -> None:  # a daemon thread, so that quitting never waits for input
+            for line in self.stdin:
+                loop.call_soon_threadsafe(queue.put_nowait, line)
+            loop.call_soon_threadsafe(queue.put_nowait, None)
+
+        threading.Thread(target=read, name="console-stdin", daemon=True).start()
         while (line := await queue.get()) is not None:
             text = line.rstrip("\n")
             if text.strip():
+                self.stdout.write(PROMPT + text + "\n")
                 await self.handle(text)
-            self._write("you> ")
-        self._write("\n")
-
-    async def handle(self, text: str) -> None:
-        command = parse_command(text)
-        if command is not None:
-            reply = await self.commands.run(*command, KEY, self.actor)
-            self._write(reply.text + "\n")
-            return
-        streamed = ""
-        self._write("palaver> ")
-
-        async def progress(so_far: str) -> None:
-            nonlocal streamed
-            self._write(so_far[len(streamed) :])
-            streamed = so_far
-
-        result = await self.turn.handle(Incoming(KEY, self.actor, text), on_progress=progress)
-        if result.text.startswith(streamed):
-            self._write(result.text[len(streamed) :] + "\n")
-        else:  # the stream broke off: say what happened on a line of its own
-            self._write("\n" + result.text + "\n")

@@ -90,6 +90,10 @@ class SessionManager:
     def summarize_threshold(self) -> float:
         return self.settings.summarize_threshold
 
+    @property
+    def expire_after_s(self) -> int:
+        return self.settings.expire_after_s
+
     # -- sessions -------------------------------------------------------------------
 
     def lock(self, session_id: int) -> asyncio.Lock:
@@ -300,9 +304,12 @@ class SessionManager:
             label_authors=label_authors,
         )
 
-    async def messages(self, session_id: int, *, after: int = 0) -> list[StoredMessage]:
-        """Every stored message of the session (for export), oldest first."""
-        return await self.store.messages.read(session_id, after=after)
+    async def messages(
+        self, session_id: int, *, after: int = 0, limit: int | None = None
+    ) -> list[StoredMessage]:
+        """The session's stored messages after seq ``after``, oldest first (at most
+        ``limit``: exports read a long session page by page)."""
+        return await self.store.messages.read(session_id, after=after, limit=limit)
 
     async def summaries(
         self, session_id: int, *, include_superseded: bool = False

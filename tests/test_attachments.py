@@ -1,9 +1,9 @@
-"""Which attachments are read as text, and how (bots.attachments, both adapters)."""
+"""Which attachments are read as text, and how (conversation.attachments, every interface)."""
 
 from __future__ import annotations
 
-from bots.attachments import TextFiles, decode_text, file_block
-from bots.config import TEXT_EXTENSIONS
+from conversation.attachments import TextFiles, decode_text, file_block
+from conversation.settings import TEXT_EXTENSIONS
 
 
 def test_text_is_known_by_content_type_or_by_name() -> None:

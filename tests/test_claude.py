@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from bots.access import Actor
 from bots.app import Palaver
 from bots.config import load_config
-from bots.turn import Incoming, Outcome
+from conversation.access import Actor
+from conversation.turn import Outcome, Question
 from memory.types import ChatKey, Role
 from tests.fakes.anthropic_api import FakeAnthropic
 
@@ -68,7 +68,7 @@ async def say(app: Palaver, text: str, pid: str | None = None, **kw: Any) -> Any
     async def progress(so_far: str) -> None:
         streamed.append(so_far)
 
-    result = await app.turn.handle(Incoming(KEY, ANN, text, pid, **kw), on_progress=progress)
+    result = await app.turn.handle(Question(KEY, ANN, text, pid, **kw), on_progress=progress)
     return result, streamed
 
 
@@ -108,9 +108,9 @@ async def test_requests_carry_cache_breakpoints_roles_and_authors(
     fake.min_cache_tokens = 1  # a short conversation: cache even small prefixes
     group = ChatKey("telegram", "-100", None)
     bob = Actor("telegram", "2", "Bob")
-    await app.turn.observe(Incoming(group, bob, "I vote for Lisbon", "1", is_group=True))
-    await app.turn.handle(Incoming(group, ANN, "What did Bob vote for?", "2", is_group=True))
-    await app.turn.handle(Incoming(group, ANN, "And me?", "3", is_group=True))
+    await app.turn.observe(Question(group, bob, "I vote for Lisbon", "1", group=True))
+    await app.turn.handle(Question(group, ANN, "What did Bob vote for?", "2", group=True))
+    await app.turn.handle(Question(group, ANN, "And me?", "3", group=True))
     body = message_requests(fake, "claude-sonnet-4-6")[-1]
     assert body["system"][-1]["cache_control"] == {"type": "ephemeral"}
     assert body["messages"][-1]["content"][-1]["cache_control"] == {"type": "ephemeral"}
@@ -315,7 +315,7 @@ async def test_spend_caps_refuse_without_calling_the_api(
     )
     try:
         await say(daily, "one", "1")
-        await daily.commands.run("reset", "", KEY, ANN)
+        await daily.manager.reset(KEY)
         calls = len(fake.requests)
         capped, _ = await say(daily, "two, in a fresh session", "2")
         assert capped.outcome is Outcome.OVER_BUDGET

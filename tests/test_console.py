@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -49,11 +50,11 @@ def test_status_summary_and_reset_through_the_console(tmp_path: Path) -> None:
         PALAVER_MEMORY__TOKEN_LIMIT="2000",
         PALAVER_MEMORY__SUMMARY_MAX_TOKENS="200",
         PALAVER_MEMORY__MAX_MESSAGE_TOKENS="500",
-        PALAVER_RATE_LIMIT__BURST="100",
     )
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    after_status = out.partition("Session #1 (active)")[2]
+    assert "faster than I can answer" not in out  # the operator is never rate-limited
+    after_status = out.partition("Session #1 (active")[2]
     first_status, _, after_reset = after_status.partition("Started a fresh conversation")
     assert "Messages: 80; summaries: " in first_status
     assert "summaries: none yet" not in first_status
@@ -61,6 +62,26 @@ def test_status_summary_and_reset_through_the_console(tmp_path: Path) -> None:
     assert "Messages 1-" in summary  # the folded range
     assert "extractive; no model was used" in summary
     assert "PAL-100" in summary and "Grace" in summary  # identifiers and names kept
-    assert "Session #2 (active)" in after_reset
+    assert "Session #2 (active" in after_reset
     assert "Messages: 0; summaries: none yet" in after_reset
     assert "Unknown command /nonsense. Send /help" in after_reset
+
+
+def test_export_is_written_to_a_file_and_logs_stay_out_of_the_chat(tmp_path: Path) -> None:
+    done = run_console(
+        tmp_path,
+        ["remember the code 2718", "/export", "/export json"],
+        PALAVER_PALAVER__LOG_LEVEL="INFO",
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    exports = tmp_path / "data" / "exports"
+    markdown = exports / "palaver-console-conversation-1.md"
+    data = exports / "palaver-console-conversation-1.json"
+    assert f"Saved to {markdown}" in out and f"Saved to {data}" in out
+    assert "remember the code 2718" in markdown.read_text()
+    assert json.loads(data.read_text())["messages"][0]["text"] == "remember the code 2718"
+    assert markdown.stat().st_mode & 0o777 == 0o600
+    # Log lines go to a file in the data dir, never between the chat's lines.
+    assert " INFO " not in out and " INFO " not in done.stderr
+    assert "palaver started" in (tmp_path / "data" / "palaver.log").read_text()

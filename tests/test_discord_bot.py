@@ -21,29 +21,25 @@ from pydantic import SecretStr
 import bots.discord_bot as discord_bot
 from agents.base import AgentEvent, AgentReply, AgentRequest, TextDelta
 from agents.settings import ClaudeSettings
-from bots.access import AccessPolicy
 from bots.app import Palaver
 from bots.chunking import closes_fence, fence_opener
-from bots.commands import Commands
 from bots.config import (
-    AccessSettings,
-    AgentSettings,
     Config,
     DiscordSettings,
     PalaverSettings,
-    RateLimitSettings,
     Secrets,
     TelegramSettings,
 )
 from bots.discord_bot import DiscordBot
-from bots.ratelimit import RateLimiter
-from bots.turn import Turn
+from conversation.dispatcher import Dispatcher
+from conversation.settings import AccessSettings
 from memory.errors import PalaverError
 from memory.manager import SessionManager
 from memory.settings import DatabaseSettings
 from memory.types import ChatKey, Role, StoredMessage
 from run import serve
 from tests.conftest import ManagerFactory
+from tests.core import make_dispatcher
 from tests.fakes.anthropic_api import FakeAnthropic
 from tests.fakes.discord_api import FakeDiscord, FakeMessage
 from tests.fakes.telegram_api import FakeTelegram
@@ -137,24 +133,26 @@ def default_access() -> AccessSettings:
     return AccessSettings(allowed_users=[str(ALICE), f"discord:{BOB}"], admins=[f"discord:{ALICE}"])
 
 
-def make_turn(
+def make_core(
     manager: SessionManager,
     agent: ScriptedAgent,
+    exports: Path,
     *,
     access: AccessSettings | None = None,
     per_minute: float = 600,
-) -> Turn:
-    return Turn(
+) -> Dispatcher:
+    return make_dispatcher(
         manager,
         agent,
-        AccessPolicy(access or default_access()),
-        RateLimiter(RateLimitSettings(per_minute=per_minute, burst=3)),
-        AgentSettings(),
+        access=access or default_access(),
+        exports=exports,
+        per_minute=per_minute,
+        burst=3 if per_minute < 60 else 20,
     )
 
 
 @pytest.fixture
-async def start(dc: FakeDiscord, manager: SessionManager) -> AsyncIterator[Start]:
+async def start(dc: FakeDiscord, manager: SessionManager, tmp_path: Path) -> AsyncIterator[Start]:
     bots: list[DiscordBot] = []
 
     async def make(
@@ -165,11 +163,9 @@ async def start(dc: FakeDiscord, manager: SessionManager) -> AsyncIterator[Start
         **settings: Any,
     ) -> Harness:
         agent = agent or ScriptedAgent()
-        turn = make_turn(manager, agent, access=access, per_minute=per_minute)
+        core = make_core(manager, agent, tmp_path, access=access, per_minute=per_minute)
         options = {"stream_edit_interval_s": 0.2, "connect_timeout_s": 5.0, **settings}
-        bot = DiscordBot(
-            DiscordSettings(**options), TOKEN, turn, Commands(turn), guild_ready_timeout=0.05
-        )
+        bot = DiscordBot(DiscordSettings(**options), TOKEN, core, guild_ready_timeout=0.05)
         bot.client.identify_delay = 0.0
         await bot.start()
         bots.append(bot)
@@ -177,7 +173,14 @@ async def start(dc: FakeDiscord, manager: SessionManager) -> AsyncIterator[Start
 
     yield make
     for bot in bots:
-        await bot.stop(2.0)
+        await shut(bot, 2.0)
+
+
+async def shut(bot: DiscordBot, grace: float) -> None:
+    """Shutdown as the app does it: the core drains, then the client closes."""
+    await bot.stop_receiving()
+    await bot.dispatcher.drain(grace)
+    await bot.stop()
 
 
 def key(channel_id: int, thread_id: int | None = None) -> ChatKey:
@@ -192,6 +195,7 @@ async def test_a_dm_is_a_turn_stored_with_its_author(start: Start, dc: FakeDisco
     # Commands are registered globally when no guild is configured.
     assert {c["name"] for c in dc.commands[None]} == {
         "ask",
+        "help",
         "reset",
         "status",
         "summary",
@@ -307,7 +311,7 @@ async def test_a_private_command_typed_in_a_guild_is_answered_by_dm(
     [stats] = await h.bot_messages(dm)
     assert stats.content.startswith("Sessions:")
     [note] = await h.bot_messages(CHANNEL)
-    assert note.content == "I've sent you the answer in a DM."
+    assert note.content == "I've sent you the answer privately."
 
     # DMs closed: nothing private lands in the channel, only the way to ask privately.
     dc.fail(f"POST /channels/{dm}/messages", 403, 50007, "Cannot send messages to this user")
@@ -453,7 +457,8 @@ async def test_text_files_are_read_and_other_files_explained(start: Start, dc: F
     photo = ("cat.png", b"\x89PNG\r\n\x1a\n", "image/png")
     await dc.user_message(None, "", author_id=ALICE, attachments=[photo])
     [note] = await h.bot_messages(dm, prefix="I skipped cat.png")
-    assert "I can read text files" in note.content and "50 KB" in note.content
+    assert "I can read messages, captions and text files" in note.content
+    assert "50 KB" in note.content
     assert len(h.agent.requests) == 1  # nothing to answer: no turn
 
     big = ("huge.txt", b"x" * 60_000, "text/plain")
@@ -525,14 +530,14 @@ async def test_roles_guilds_and_channels_let_members_in_there_only(
     await dc.user_message(None, "in private?", author_id=EVE, username="eve")
     await h.bot_messages(dc.dm_channel(EVE), prefix="Sorry, this bot is private")
 
-    await h.bot.stop(1.0)
+    await shut(h.bot, 1.0)
     h = await start(access=AccessSettings(allowed_guilds=[str(GUILD)]))
     await dc.user_message(
         OTHER_CHANNEL, "guild-wide", author_id=BOB, username="bob", mentions_bot=True
     )
     await h.bot_messages(OTHER_CHANNEL, prefix="echo: [bob] guild-wide")
 
-    await h.bot.stop(1.0)
+    await shut(h.bot, 1.0)
     h = await start(access=AccessSettings(allowed_chats=[f"discord:{OTHER_CHANNEL}"]))
     await dc.user_message(CHANNEL, "here?", author_id=BOB, username="bob", mentions_bot=True)
     await dc.user_message(
@@ -585,37 +590,37 @@ async def test_stop_lets_a_turn_in_flight_finish(start: Start, dc: FakeDiscord) 
     h = await start(agent=ScriptedAgent(delay=0.6))
     await dc.user_message(None, "quick, before you go", author_id=ALICE)
     await dc.wait_for(lambda: h.agent.requests)
-    await h.bot.stop(5.0)
+    await shut(h.bot, 5.0)
     dm = dc.dm_channel(ALICE)
     assert [m.content for m in dc.channel_messages(dm)] == ["echo: quick, before you go"]
     assert h.bot.client.is_closed()
 
 
-async def test_a_bad_token_is_a_clear_error(dc: FakeDiscord, manager: SessionManager) -> None:
-    turn = make_turn(manager, ScriptedAgent())
-    bot = DiscordBot(DiscordSettings(), "not-the-token", turn, Commands(turn))
+async def test_a_bad_token_is_a_clear_error(
+    dc: FakeDiscord, manager: SessionManager, tmp_path: Path
+) -> None:
+    core = make_core(manager, ScriptedAgent(), tmp_path)
+    bot = DiscordBot(DiscordSettings(), "not-the-token", core)
     with pytest.raises(PalaverError, match="Discord rejected DISCORD_BOT_TOKEN"):
         await bot.start()
     assert bot.client.is_closed()
 
 
-async def test_a_missing_message_content_intent_is_a_clear_error(manager: SessionManager) -> None:
-    turn = make_turn(manager, ScriptedAgent())
+async def test_a_missing_message_content_intent_is_a_clear_error(
+    manager: SessionManager, tmp_path: Path
+) -> None:
+    core = make_core(manager, ScriptedAgent(), tmp_path)
     async with FakeDiscord(token=TOKEN, privileged_intents=False) as fake:
         with fake.patch_discord():
-            bot = DiscordBot(DiscordSettings(), TOKEN, turn, Commands(turn))
+            bot = DiscordBot(DiscordSettings(), TOKEN, core)
             with pytest.raises(PalaverError, match="Message Content Intent"):
                 await bot.start()
             # Without the intent the bot starts; guild messages then need a mention.
             bot = DiscordBot(
-                DiscordSettings(message_content=False),
-                TOKEN,
-                turn,
-                Commands(turn),
-                guild_ready_timeout=0.05,
+                DiscordSettings(message_content=False), TOKEN, core, guild_ready_timeout=0.05
             )
             await bot.start()
-            await bot.stop(1.0)
+            await shut(bot, 1.0)
 
 
 # ------------------------------------------------------- one process, both platforms
@@ -689,8 +694,7 @@ async def test_telegram_and_discord_served_together_share_one_database(
             ]
             await dc.wait_for(lambda: answer.content == stored[-1].text)
         finally:
-            for interface in reversed(interfaces):
-                await interface.stop(2.0)
+            await app.close_interfaces(interfaces, 2.0)
             await app.stop()
 
 

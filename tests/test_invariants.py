@@ -8,10 +8,9 @@ import itertools
 from collections.abc import AsyncIterator, Sequence
 
 from agents.base import AgentError, AgentEvent, AgentRequest
-from bots.access import AccessPolicy, Actor
-from bots.config import AccessSettings, AgentSettings, RateLimitSettings
-from bots.ratelimit import RateLimiter
-from bots.turn import Incoming, Outcome, Turn
+from conversation.access import Actor
+from conversation.settings import AgentSettings
+from conversation.turn import Outcome, Question, Turn
 from memory.manager import SessionManager
 from memory.summarizer import SummaryInput, SummaryText
 from memory.tokens import MESSAGE_OVERHEAD
@@ -43,19 +42,13 @@ class FailingAgent:
 
 
 def turn_with(manager: SessionManager, agent: object) -> Turn:
-    return Turn(
-        manager,
-        agent,  # type: ignore[arg-type]
-        AccessPolicy(AccessSettings(allow_everyone=True)),
-        RateLimiter(RateLimitSettings(per_minute=600, burst=100)),
-        AgentSettings(),
-    )
+    return Turn(manager, agent, AgentSettings())  # type: ignore[arg-type]
 
 
 async def test_failed_agent_call_loses_nothing(manager: SessionManager) -> None:
     turn = turn_with(manager, FailingAgent())
     actor = Actor("telegram", "7", "Ann")
-    result = await turn.handle(Incoming(KEY, actor, "please remember 31337", "m1"))
+    result = await turn.handle(Question(KEY, actor, "please remember 31337", "m1"))
     assert result.outcome is Outcome.FAILED
     assert result.text == "Claude is overloaded right now; please try again."
     assert result.session_id is not None
@@ -73,8 +66,8 @@ async def test_same_platform_message_twice_is_handled_once(manager: SessionManag
     turn = turn_with(manager, OfflineAgent())
     actor = Actor("telegram", "7", "Ann")
     first, second = await asyncio.gather(
-        turn.handle(Incoming(KEY, actor, "hello", "update-1")),
-        turn.handle(Incoming(KEY, actor, "hello", "update-1")),
+        turn.handle(Question(KEY, actor, "hello", "update-1")),
+        turn.handle(Question(KEY, actor, "hello", "update-1")),
     )
     assert sorted([first.outcome, second.outcome]) == [Outcome.DUPLICATE, Outcome.REPLIED]
     sid = first.session_id or second.session_id

@@ -20,19 +20,12 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-import bots.telegram_bot as telegram_bot
+import bots.telegram_outbound as telegram_outbound
 from agents.settings import ClaudeSettings
 from bots.app import Palaver
-from bots.config import (
-    AccessSettings,
-    AgentSettings,
-    Config,
-    PalaverSettings,
-    RateLimitSettings,
-    Secrets,
-    TelegramSettings,
-)
+from bots.config import Config, PalaverSettings, Secrets, TelegramSettings
 from bots.telegram_bot import TelegramBot
+from conversation.settings import AccessSettings, AgentSettings, RateLimitSettings
 from memory.errors import PalaverError
 from memory.settings import DatabaseSettings
 from memory.types import ChatKey, Role
@@ -85,9 +78,10 @@ def make_config(
     rate_limit: RateLimitSettings | None = None,
     access: AccessSettings | None = None,
     max_tokens: int = 1024,
+    max_concurrent_turns: int = 1024,
 ) -> Config:
     return Config(
-        palaver=PalaverSettings(data_dir=tmp_path),
+        palaver=PalaverSettings(data_dir=tmp_path, max_concurrent_turns=max_concurrent_turns),
         database=DatabaseSettings(url=url),
         access=access
         or AccessSettings(
@@ -121,7 +115,7 @@ async def running(
         try:
             yield Bot(tg, claude, app, interface)
         finally:
-            await interface.stop(5.0)
+            await app.close_interfaces([interface], 5.0)
     finally:
         await app.stop()
 
@@ -168,7 +162,7 @@ async def test_a_private_turn_is_answered_stored_and_shown_typing(
         ]
         # The menu: everyone's commands, and /stats only in the admin's chat.
         names = [c["command"] for c in tg.commands]
-        assert names[:4] == ["start", "help", "reset", "new"]
+        assert names[:4] == ["help", "start", "reset", "new"]
         assert {"status", "summary", "export"} <= set(names) and "stats" not in names
         admin = tg.commands_for({"type": "chat", "chat_id": ADMIN})
         assert "stats" in [c["command"] for c in admin]
@@ -264,7 +258,8 @@ async def test_groups_answer_mentions_replies_and_commands_and_store_the_rest(
     )
     await tg.wait_for_message(group, contains="Echo:", count=2)
     tg.user_message(group, "/status", chat_type="group", user_id=ANN)
-    await tg.wait_for_message(group, contains="Session #")
+    # Only for the asker, who never opened a private chat with the bot: told how.
+    await tg.wait_for_message(group, contains="open a private chat with @")
     history = await bot.history(ChatKey("telegram", str(group)))
     assert [text for role, text in history if role is Role.USER] == [
         "lunch at noon?",
@@ -383,7 +378,7 @@ async def test_a_long_reply_is_split_between_paragraphs_never_inside_code_or_tag
 async def test_formatting_falls_back_to_plain_text_when_telegram_rejects_it(
     bot: Bot, tg: FakeTelegram, claude: FakeAnthropic, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(telegram_bot, "markdown_to_html", lambda text: f"<b>{text}")
+    monkeypatch.setattr(telegram_outbound, "markdown_to_html", lambda text: f"<b>{text}")
     claude.responder = lambda body: "a **bold** claim"
     tg.user_message(ANN, "format this")
     reply = await tg.wait_for_message(ANN, text="a **bold** claim")
@@ -492,16 +487,18 @@ async def test_text_documents_are_read_and_media_get_one_short_answer(
     assert "buy milk" in json.dumps(user_text) and "notes.md" in json.dumps(user_text)
 
     tg.user_message(ANN, document=("report.pdf", b"%PDF-1.4"))
-    await tg.wait_for_message(ANN, contains="I can't read report.pdf")
+    await tg.wait_for_message(ANN, contains="I skipped report.pdf: I can read")
     tg.user_message(ANN, document=("big.txt", b"x" * 60_000))
-    await tg.wait_for_message(ANN, contains="big.txt is too large")
-    tg.user_message(ANN, photo=True, caption="look")
-    await tg.wait_for_message(ANN, contains="Photos, stickers, voice messages")
+    await tg.wait_for_message(ANN, contains="I skipped big.txt (too large)")
     tg.user_message(ANN, sticker=True)
     tg.user_message(ANN, voice=True)
-    await tg.wait_for_message(ANN, contains="Photos, stickers, voice messages", count=3)
+    await tg.wait_for_message(ANN, contains="aren't supported", count=4)
     await settle(tg)
     assert len(claude.requests) == 1, "nothing but the text file reached the model"
+    # A caption counts as text: it is answered, and the photo itself named as unread.
+    tg.user_message(ANN, photo=True, caption="look at the sky")
+    await tg.wait_for_message(ANN, contains="I skipped a photo")
+    await tg.wait_for_message(ANN, contains="Echo: look at the sky")
 
     tg.user_message(ANN, "fixed typo", message_id=5000)
     await tg.wait_for_message(ANN, contains="Echo: fixed typo")
@@ -510,7 +507,7 @@ async def test_text_documents_are_read_and_media_get_one_short_answer(
     tg.user_message(ANN, "fixed typo!!", message_id=5000, edited=True)
     await settle(tg)
     assert sum("I answer new messages only" in t for t in texts(tg, ANN)) == 1
-    assert len(claude.requests) == 2
+    assert len(claude.requests) == 3
 
 
 async def test_the_rate_limit_answers_politely_once(
@@ -560,7 +557,7 @@ async def test_fifty_chats_at_once_and_a_slow_one_holds_up_nobody(
 async def test_a_chats_queued_messages_take_no_slot_from_other_chats(
     tmp_path: Path, sqlite_url: str, tg: FakeTelegram, claude: FakeAnthropic
 ) -> None:
-    """Messages waiting behind their own chat's turn must not use up concurrent_updates."""
+    """Messages waiting behind their own chat's turn take none of max_concurrent_turns."""
     release = asyncio.Event()
 
     async def respond(body: JSON) -> str:
@@ -569,7 +566,7 @@ async def test_a_chats_queued_messages_take_no_slot_from_other_chats(
         return "done"
 
     claude.responder = respond
-    async with running(tmp_path, sqlite_url, tg, claude, telegram={"concurrent_updates": 2}):
+    async with running(tmp_path, sqlite_url, tg, claude, max_concurrent_turns=2):
         tg.user_message(ANN, "slow one")
         await until(lambda: len(claude.requests) == 1)
         for i in range(3):
@@ -620,7 +617,7 @@ async def test_shutdown_lets_a_turn_in_flight_finish_and_loses_nothing(
     await interface.start()
     tg.user_message(ANN, "are you still there?")
     await until(lambda: len(claude.requests) == 1)
-    await interface.stop(10.0)
+    await app.close_interfaces([interface], 10.0)
     await app.stop()
     assert texts(tg, ANN) == ["worth the wait"]
     assert tg.updates == [], "the update's offset was confirmed"
@@ -654,7 +651,7 @@ async def test_past_the_grace_period_the_turn_is_cancelled_but_the_question_kept
     tg.user_message(ANN, "long question")
     await until(lambda: len(claude.requests) == 1)
     began = time.monotonic()
-    await interface.stop(0.3)
+    await app.close_interfaces([interface], 0.3)
     assert time.monotonic() - began < 3
     session = await app.manager.find_by_chat(ChatKey("telegram", str(ANN)))
     assert session is not None
@@ -674,7 +671,7 @@ async def test_a_bad_token_is_a_clear_error(
         with pytest.raises(PalaverError, match="Telegram rejected the bot token") as caught:
             await interface.start()
         assert "WRONG" not in str(caught.value)
-        await interface.stop(1.0)  # harmless when it never started
+        await interface.stop()  # harmless when it never started
     finally:
         await app.stop()
 

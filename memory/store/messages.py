@@ -133,7 +133,12 @@ class Messages(Repository):
         return outcome
 
     async def read(
-        self, session_id: int, *, after: int = 0, through: int | None = None
+        self,
+        session_id: int,
+        *,
+        after: int = 0,
+        through: int | None = None,
+        limit: int | None = None,
     ) -> list[StoredMessage]:
         query = (
             select(messages)
@@ -142,6 +147,8 @@ class Messages(Repository):
         )
         if through is not None:
             query = query.where(messages.c.seq <= through)
+        if limit is not None:
+            query = query.limit(limit)
         async with translate_errors(), self.db.reader.connect() as conn:
             return [stored_message(r) for r in (await conn.execute(query)).mappings()]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bots.config import AccessSettings
+from conversation.settings import AccessSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,8 +42,13 @@ class AccessPolicy:
         candidates = (actor.user_id, *actor.groups)
         return any(c in ids or f"{actor.interface}:{c}" in ids for c in candidates)
 
+    @staticmethod
+    def is_operator(actor: Actor) -> bool:
+        """The person at the console: the one who runs this bot."""
+        return actor.interface == "console"
+
     def allows(self, actor: Actor) -> bool:
-        if actor.interface == "console" or self._everyone:
+        if self.is_operator(actor) or self._everyone:
             return True
         if self._matches(actor, self._allowed) or self.is_admin(actor):
             return True
@@ -51,7 +56,7 @@ class AccessPolicy:
         return any(g in chats or f"{actor.interface}:{g}" in chats for g in actor.groups)
 
     def is_admin(self, actor: Actor) -> bool:
-        if actor.interface == "console":
+        if self.is_operator(actor):
             return True
         return actor.user_id in self._admins or f"{actor.interface}:{actor.user_id}" in self._admins
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Hashable
 
-from bots.config import RateLimitSettings
+from conversation.settings import RateLimitSettings
 
 
 class RateLimiter:

@@ -1,0 +1,261 @@
+"""The outbound port on Discord: a channel (replying to a message), a DM, or an
+interaction's follow-ups; and a reply that grows while the model writes it.
+
+Text is cut at Discord's 2,000 characters between paragraphs or lines
+(bots.chunking); a code block that has to be cut is closed and reopened with its
+language. Mentions in the model's text never ping anyone (the client's
+``allowed_mentions``). Discord's answers map onto the port's failures: a DM to a user
+whose DMs are closed, or a channel the bot may not write to, is ``Unreachable``
+(discord.py itself waits out 429s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import discord
+
+from bots.chunking import DISCORD_LIMIT, split_markdown, unclosed_fence
+from conversation.outbound import Outbound, OutboundFile, ReplyStream, Unreachable
+
+log = logging.getLogger(__name__)
+
+UPLOAD_LIMIT = 10 * 1024 * 1024  # what Discord accepts from a bot in a server without boosts
+# "typing..." starts only if the reply has not begun by then: a quick answer needs none,
+# and each indicator is a REST call.
+TYPING_AFTER_S = 0.3
+# What a REST call to Discord can fail with (an error answer, or Discord out of reach).
+DELIVERY_ERRORS = (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError)
+
+Sent = discord.Message | discord.WebhookMessage
+Interaction = discord.Interaction[discord.Client]
+
+
+@contextlib.asynccontextmanager
+async def delivery_errors() -> AsyncIterator[None]:
+    try:
+        yield
+    except discord.Forbidden as error:
+        raise Unreachable(str(error)) from error
+
+
+def _file(file: OutboundFile) -> discord.File:
+    return discord.File(file.path, filename=file.name)
+
+
+class _Port(ABC):
+    """What every Discord port shares: chunked text, files, the stream."""
+
+    upload_limit = UPLOAD_LIMIT
+
+    def __init__(self, stream_interval: float) -> None:
+        self.stream_interval = stream_interval
+
+    @abstractmethod
+    async def _post(self, text: str, file: discord.File | None = None) -> Sent:
+        """Post one message (of at most 2,000 characters) where this port writes."""
+
+    async def send(self, text: str, *, markdown: bool = False) -> None:
+        async with delivery_errors():
+            for chunk in split_markdown(text, DISCORD_LIMIT) or ["…"]:
+                await self._post(chunk)
+
+    async def send_file(self, file: OutboundFile, caption: str) -> None:
+        chunks = split_markdown(caption, DISCORD_LIMIT) or [file.name]
+        async with delivery_errors():
+            for chunk in chunks[:-1]:
+                await self._post(chunk)
+            await self._post(chunks[-1], _file(file))
+
+    def stream(self) -> ReplyStream:
+        return DiscordStream(self, self.stream_interval)
+
+    @abstractmethod
+    async def typing(self) -> None:
+        """Show "typing..." until cancelled (where the platform shows it at all)."""
+
+
+class ChannelPort(_Port):
+    """A channel or thread; in a guild the first message replies to the question."""
+
+    def __init__(
+        self,
+        channel: discord.abc.Messageable,
+        *,
+        question: discord.Message | discord.PartialMessage | None,
+        author: discord.User | discord.Member | None,
+        stream_interval: float,
+    ) -> None:
+        super().__init__(stream_interval)
+        self.channel = channel
+        self.question = question
+        self.author = author
+
+    async def _post(self, text: str, file: discord.File | None = None) -> Sent:
+        extra: dict[str, Any] = {} if file is None else {"file": file}
+        if self.question is not None:
+            # The first message shows which one it answers; if the question was deleted
+            # meanwhile, the answer still goes out, unattached.
+            extra.update(
+                reference=self.question.to_reference(fail_if_not_exists=False),
+                mention_author=False,
+            )
+            self.question = None
+        return await self.channel.send(text, **extra)
+
+    async def typing(self) -> None:
+        async with self.channel.typing():
+            await asyncio.Event().wait()  # until cancelled; discord.py repeats every 5 s
+
+    def private(self) -> Outbound | None:
+        guild = getattr(self.channel, "guild", None)
+        if guild is None or self.author is None:
+            return None
+        return DirectPort(self.author, self.stream_interval)
+
+    def private_hint(self, command: str) -> str:
+        return (
+            "That answer is only for you, and your DMs are closed: use the "
+            f"/{command} slash command instead, whose answer only you can see."
+        )
+
+
+class DirectPort(_Port):
+    """The asker's DMs, for an answer only they may see."""
+
+    def __init__(self, user: discord.User | discord.Member, stream_interval: float) -> None:
+        super().__init__(stream_interval)
+        self.user = user
+
+    async def _post(self, text: str, file: discord.File | None = None) -> Sent:
+        extra: dict[str, Any] = {} if file is None else {"file": file}
+        return await self.user.send(text, **extra)
+
+    async def typing(self) -> None:
+        """Nothing to show: the answer is ready when it is sent."""
+
+    def private(self) -> Outbound | None:
+        return None
+
+    def private_hint(self, command: str) -> str:
+        return f"Use the /{command} slash command, whose answer only you can see."
+
+
+class InteractionPort(_Port):
+    """A slash command's follow-ups: the first fills in its deferred "thinking..."."""
+
+    def __init__(self, interaction: Interaction, ephemeral: bool, stream_interval: float) -> None:
+        super().__init__(stream_interval)
+        self.interaction = interaction
+        self.ephemeral = ephemeral
+
+    async def _post(self, text: str, file: discord.File | None = None) -> Sent:
+        extra: dict[str, Any] = {} if file is None else {"file": file}
+        return await self.interaction.followup.send(
+            text, ephemeral=self.ephemeral, wait=True, **extra
+        )
+
+    async def typing(self) -> None:
+        """The deferred response already shows "thinking..."."""
+
+    def private(self) -> Outbound | None:
+        if self.ephemeral:
+            return None
+        return InteractionPort(self.interaction, True, self.stream_interval)
+
+    def private_hint(self, command: str) -> str:
+        return f"Use /{command} again."
+
+
+class DiscordStream:
+    """A reply that grows: one message edited at most every ``interval`` seconds,
+    continued in further messages past 2,000 characters; "typing..." until the first
+    message appears. Edits are made by one flusher task, so a slow Discord never slows
+    the model stream, and a send is never cancelled halfway (which could post twice)."""
+
+    def __init__(self, port: _Port, interval: float) -> None:
+        self.port = port
+        self.interval = interval
+        self.latest = ""
+        self._sent: list[Sent] = []
+        self._shown: list[str] = []
+        self._finished = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        self._typing: asyncio.Task[None] | None = asyncio.create_task(self._keep_typing())
+
+    async def update(self, text: str) -> None:
+        self.latest = text
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_periodically())
+
+    async def finish(self, text: str) -> None:
+        self._finished.set()
+        if self._flusher is not None:
+            await self._flusher
+        self._stop_typing()
+        async with delivery_errors():
+            await self._render(text)
+
+    async def close(self) -> None:
+        self._finished.set()
+        self._stop_typing()
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+
+    async def _keep_typing(self) -> None:
+        try:
+            await asyncio.sleep(TYPING_AFTER_S)
+            await self.port.typing()
+        except DELIVERY_ERRORS as error:
+            log.debug("discord: typing indicator failed: %r", error)
+
+    def _stop_typing(self) -> None:
+        if self._typing is not None:
+            self._typing.cancel()
+            self._typing = None
+
+    async def _flush_periodically(self) -> None:
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._finished.wait(), self.interval)
+                if self._finished.is_set():
+                    return
+                await self._render(self.latest)
+        except DELIVERY_ERRORS as error:
+            log.warning("discord: streaming edit failed: %r", error)
+
+    async def _render(self, text: str) -> None:
+        chunks = _close_fence(split_markdown(text, DISCORD_LIMIT))
+        for index, chunk in enumerate(chunks):
+            if index < len(self._sent):
+                if self._shown[index] != chunk:
+                    self._sent[index] = await self._sent[index].edit(content=chunk)
+                    self._shown[index] = chunk
+                continue
+            self._sent.append(await self.port._post(chunk))
+            self._shown.append(chunk)
+            self._stop_typing()
+        for extra in self._sent[len(chunks) :]:  # the text shrank (a retried stream)
+            await extra.delete()
+        del self._sent[len(chunks) :], self._shown[len(chunks) :]
+
+
+def _close_fence(chunks: list[str]) -> list[str]:
+    """Close a code fence left open at the end (a reply still streaming, or cut off)."""
+    if not chunks:
+        return chunks
+    fence = unclosed_fence(chunks[-1])
+    if fence is None:
+        return chunks
+    last = f"{chunks[-1]}\n{fence}"
+    if len(last) <= DISCORD_LIMIT:
+        return [*chunks[:-1], last]
+    return [*chunks[:-1], *split_markdown(last, DISCORD_LIMIT)]

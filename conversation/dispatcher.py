@@ -1,0 +1,305 @@
+"""The dispatcher: every rule between "a platform event arrived" and "this goes out".
+
+    inbound -> its chat's lane -> access (a stranger is told how to get in, once an
+    hour) -> an edit? -> shutting down? -> rate limit (told once per window) ->
+    a command, or a turn, or stored unanswered (not addressed) -> what the outcome
+    says -> the outbound port
+
+Interfaces translate their events into ``Inbound`` values and implement the port;
+everything here is decided once for all of them, so the bot behaves the same on
+Telegram, Discord, the console and the HTTP API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Hashable, Sequence
+
+from conversation.access import AccessPolicy, Actor
+from conversation.attachments import AttachmentReader, seen_as
+from conversation.export import fit_for_upload
+from conversation.inbound import Inbound
+from conversation.ordering import ChatLanes
+from conversation.outbound import (
+    DeliveryError,
+    Outbound,
+    OutboundFile,
+    ReplyStream,
+    Unreachable,
+)
+from conversation.ratelimit import Notices, RateLimiter
+from conversation.registry import CommandCall, Registry, Reply, parse_command
+from conversation.turn import INTERNAL_ERROR, Outcome, Question, Turn, TurnResult
+from memory.errors import PalaverError
+
+log = logging.getLogger(__name__)
+
+DENIED_WINDOW_S = 3600.0  # a stranger is told how to get in at most this often
+RATE_WINDOW_S = 10.0  # a user over the rate limit is told at most this often
+EDITED_WINDOW_S = 3600.0  # a private chat is told edits are not answered at most this often
+REFUSED_WINDOW_S = 600.0  # one note per album (or message) of unreadable files
+
+EDITED = (
+    "I answer new messages only, so I didn't act on your edit. "
+    "Send the corrected text as a new message if you'd like an answer to it."
+)
+RESTARTING = "I'm restarting; your message is saved. Please send it again in a minute."
+BARE_MENTION = "Yes? Write your question in the same message."
+ALREADY_ANSWERED = "Already answered."
+SENT_PRIVATELY = "I've sent you the answer privately."
+ADMINS_ONLY = "Only the bot's admins can use that command."
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        turn: Turn,
+        registry: Registry,
+        access: AccessPolicy,
+        limiter: RateLimiter,
+        reader: AttachmentReader,
+        lanes: ChatLanes,
+    ) -> None:
+        self.turn = turn
+        self.registry = registry
+        self.access = access
+        self.limiter = limiter
+        self.reader = reader
+        self.lanes = lanes
+        self.notices = Notices()
+        self.draining = False
+
+    # -- what interfaces ask before they answer ----------------------------------------
+
+    def command_of(self, inbound: Inbound) -> tuple[str, str] | None:
+        """The command ``inbound`` carries: a structured one, or typed text that names a
+        known command (or any command, where the bot is asked: it will say it is
+        unknown). Other text that starts with a slash is an ordinary message."""
+        if inbound.command is not None:
+            return inbound.command
+        parsed = parse_command(inbound.text)
+        if parsed is None:
+            return None
+        if self.registry.get(parsed[0]) is not None or inbound.private or inbound.addressed:
+            return parsed
+        return None
+
+    def answers_privately(self, inbound: Inbound) -> bool:
+        """Whether the answer to ``inbound`` is for its sender alone (so that an
+        interface can acknowledge it privately before the answer is ready)."""
+        if not self.access.allows(inbound.actor):
+            return True
+        named = self.command_of(inbound)
+        command = self.registry.get(named[0]) if named else None
+        if command is None:
+            return False
+        return command.private or (command.admin_only and not self.access.is_admin(inbound.actor))
+
+    # -- the entry point ---------------------------------------------------------------
+
+    async def handle(self, inbound: Inbound, port: Outbound) -> None:
+        """Handle one inbound message; its chat's messages are handled in order.
+
+        An interface calls this before its own first ``await`` for the event, so the
+        chat's lane is entered in arrival order.
+        """
+        async with self.lanes.lane(inbound.key):
+            try:
+                await self._handle(inbound, port)
+            except DeliveryError as error:
+                log.info("could not answer in %s: %r", inbound.key.ref, error)
+            except Exception:
+                log.exception("handling a message in %s failed", inbound.key.ref)
+                try:
+                    await port.send(INTERNAL_ERROR)
+                except Exception as error:
+                    log.info("could not report the failure in %s: %r", inbound.key.ref, error)
+
+    async def drain(self, grace: float) -> None:
+        """Shutting down: answer no more messages; let turns in flight finish for
+        ``grace`` seconds, then cancel them (their messages are kept)."""
+        self.draining = True
+        await self.lanes.drain(grace)
+
+    async def _handle(self, inbound: Inbound, port: Outbound) -> None:
+        actor = inbound.actor
+        command = self.command_of(inbound)
+        addressed = inbound.addressed or command is not None
+        if not self.access.allows(actor):
+            # Nothing of a stranger's is read, downloaded or stored.
+            if addressed:
+                denied = ("denied", actor.interface, actor.user_id)
+                await self._notice(port, inbound, denied, DENIED_WINDOW_S, self._denied(actor))
+            return
+        if inbound.edited:
+            if inbound.private:
+                edited = ("edited", inbound.key)
+                await self._notice(port, inbound, edited, EDITED_WINDOW_S, EDITED)
+            return
+        if self.draining:
+            await self._observe(inbound)
+            if addressed:
+                await port.send(RESTARTING)
+            return
+        if addressed and not self.access.is_operator(actor):
+            wait = self.limiter.acquire(f"{actor.interface}:{actor.user_id}")
+            if wait > 0:
+                text = (
+                    "You're sending messages faster than I can answer. "
+                    f"Please wait {max(1, round(wait))} s and try again."
+                )
+                rate = ("rate", actor.interface, actor.user_id)
+                await self._notice(port, inbound, rate, RATE_WINDOW_S, text)
+                return
+        if command is not None:
+            await self._command(inbound, port, *command)
+        elif not addressed:
+            await self._observe(inbound)
+        else:
+            await self._ask(inbound, port)
+
+    def _denied(self, actor: Actor) -> str:
+        return self.access.denied_message(actor)
+
+    async def _notice(
+        self, port: Outbound, inbound: Inbound, key: Hashable, window: float, text: str
+    ) -> None:
+        """A notice that no input may make the bot repeat: once per ``key`` and window
+        (always, though, where the platform waits for an answer)."""
+        if self.notices.take(key, window) or inbound.needs_answer:
+            await port.send(text)
+
+    # -- commands ------------------------------------------------------------------
+
+    async def _command(self, inbound: Inbound, port: Outbound, name: str, argument: str) -> None:
+        command = self.registry.get(name)
+        if command is None:
+            await port.send(f"Unknown command /{name}. Send /help to see what I can do.")
+            return
+        admin = self.access.is_admin(inbound.actor)
+        if command.admin_only and not admin:
+            await self._answer(port, inbound, Reply(ADMINS_ONLY), private=True, name=name)
+            return
+        call = CommandCall(inbound.key, inbound.actor, argument, inbound.private, admin)
+        try:
+            reply = await command.handler(call)
+        except PalaverError as error:
+            reply = Reply(f"That didn't work: {error}.")
+        await self._answer(port, inbound, reply, private=command.private, name=name)
+
+    async def _answer(
+        self, port: Outbound, inbound: Inbound, reply: Reply, *, private: bool, name: str
+    ) -> None:
+        """A command's reply; one meant for the asker alone never goes to a shared chat."""
+        target = port.private() if private and not inbound.private else None
+        if target is None:
+            await self._send_reply(port, reply)
+            return
+        try:
+            await self._send_reply(target, reply)
+        except Unreachable:
+            await port.send(port.private_hint(name))
+        else:
+            await port.send(SENT_PRIVATELY)
+
+    async def _send_reply(self, port: Outbound, reply: Reply) -> None:
+        if reply.file is None:
+            await port.send(reply.text)
+            return
+        files, note = await fit_for_upload(reply.file, port.upload_limit)
+        try:
+            for index, file in enumerate(files):
+                caption = reply.text + note if index == 0 else f"{file.name}"
+                try:
+                    await port.send_file(file, caption)
+                except (DeliveryError, PalaverError):
+                    raise
+                except Exception as error:
+                    log.warning("uploading %s failed: %r", file.name, error)
+                    await port.send(
+                        f"{reply.text}\nThe upload of {file.name} failed; please try again."
+                    )
+                    return
+        finally:
+            await asyncio.to_thread(_delete, files)
+
+    # -- messages ------------------------------------------------------------------
+
+    def _question(self, inbound: Inbound, text: str) -> Question:
+        metadata = {"reply_to": inbound.reply_to} if inbound.reply_to else None
+        return Question(
+            inbound.key,
+            inbound.actor,
+            text,
+            inbound.message_id,
+            group=not inbound.private,
+            metadata=metadata,
+        )
+
+    async def _observe(self, inbound: Inbound) -> None:
+        """Keep a message the bot was not asked to answer, so the model knows who said
+        what when it is asked; its files are named, not downloaded."""
+        text = " ".join(part for part in (inbound.text, seen_as(inbound.attachments)) if part)
+        if text.strip():
+            await self.turn.observe(self._question(inbound, text))
+
+    async def _ask(self, inbound: Inbound, port: Outbound) -> None:
+        text = inbound.text
+        if inbound.attachments:
+            read = await self.reader.read(inbound.attachments)
+            if read.refused:
+                once = ("refused", inbound.key, inbound.album or inbound.message_id)
+                await self._notice(
+                    port, inbound, once, REFUSED_WINDOW_S, self.reader.refusal(read.refused)
+                )
+            text = "\n\n".join(part for part in (text, *read.blocks) if part.strip())
+            if not text.strip() and read.refused:
+                return
+        if not text.strip():
+            await port.send(BARE_MENTION)
+            return
+        stream = port.stream()
+        shown = ""
+
+        async def progress(so_far: str) -> None:
+            nonlocal shown
+            shown = so_far
+            await stream.update(so_far)
+
+        try:
+            try:
+                result = await self.turn.handle(self._question(inbound, text), on_progress=progress)
+            except Exception:
+                log.exception("the turn failed in %s", inbound.key.ref)
+                result = TurnResult(Outcome.FAILED, INTERNAL_ERROR)
+            await self._show(result, inbound, port, stream, shown)
+        finally:
+            await stream.close()
+
+    async def _show(
+        self,
+        result: TurnResult,
+        inbound: Inbound,
+        port: Outbound,
+        stream: ReplyStream,
+        shown: str,
+    ) -> None:
+        """What each outcome of a turn says."""
+        outcome = result.outcome
+        if outcome is Outcome.REPLIED:
+            await stream.finish(result.text)
+        elif outcome in (Outcome.DUPLICATE, Outcome.STORED):
+            if inbound.needs_answer:
+                await port.send(ALREADY_ANSWERED)
+        elif outcome is Outcome.FAILED and shown.strip():
+            await stream.finish(f"{shown}\n\n{result.text}")  # keep what was already shown
+        elif result.text.strip():
+            await port.send(result.text)
+
+
+def _delete(files: Sequence[OutboundFile]) -> None:
+    """Files are sent from temporary copies: gone once sent (or not)."""
+    for file in files:
+        file.path.unlink(missing_ok=True)

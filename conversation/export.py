@@ -1,0 +1,265 @@
+"""Exports: a session as Markdown to read, JSON to process, or CSV for a spreadsheet.
+
+A session can hold 100,000 messages, so an export is never built in memory: it is
+written to a private temporary file page by page, each page formatted and written in
+a worker thread, so that the event loop keeps serving chats meanwhile. A file larger
+than a platform accepts is compressed, and split into parts if it is still too big.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import gzip
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from conversation.outbound import OutboundFile
+from memory.manager import SessionManager
+from memory.types import Role, SessionInfo, StoredMessage, SummaryRecord, Usage
+
+Format = Literal["markdown", "json", "csv"]
+FORMATS: dict[str, Format] = {
+    "markdown": "markdown",
+    "md": "markdown",
+    "json": "json",
+    "csv": "csv",
+}
+SUFFIX = {"markdown": ".md", "json": ".json", "csv": ".csv"}
+MIME = {"markdown": "text/markdown", "json": "application/json", "csv": "text/csv"}
+FORMAT_ID = "palaver-export/1"
+PAGE = 1000
+
+
+def when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment is not None else "-"
+
+
+def speaker(message: StoredMessage) -> str:
+    if message.role is Role.ASSISTANT:
+        return "Palaver"
+    if message.role is Role.USER:
+        return message.author_name or (f"user {message.author_id}" if message.author_id else "User")
+    return message.role.value.capitalize()
+
+
+def _usage(u: Usage | None) -> dict[str, Any] | None:
+    return None if u is None else asdict(u)
+
+
+def session_document(session: SessionInfo) -> dict[str, Any]:
+    return {
+        "id": session.id,
+        "chat": session.chat_ref,
+        "scope": session.scope,
+        "project_id": session.project_id,
+        "interface": session.interface,
+        "status": session.status.value,
+        "created_at": session.created_at.isoformat(),
+        "last_activity_at": session.last_activity_at.isoformat(),
+        "ended_at": session.ended_at.isoformat() if session.ended_at else None,
+        "usage": _usage(session.usage),
+        "carried_summary": session.carried_summary,
+        "closing_summary": session.closing_summary,
+    }
+
+
+def summary_document(s: SummaryRecord) -> dict[str, Any]:
+    return {
+        "first_seq": s.first_seq,
+        "last_seq": s.last_seq,
+        "level": s.level,
+        "text": s.text,
+        "summarizer": s.summarizer,
+        "fallback": s.fallback,
+        "created_at": s.created_at.isoformat(),
+    }
+
+
+def message_document(m: StoredMessage) -> dict[str, Any]:
+    return {
+        "seq": m.seq,
+        "role": m.role.value,
+        "author_id": m.author_id,
+        "author_name": m.author_name,
+        "text": m.text,
+        "created_at": m.created_at.isoformat(),
+        "token_count": m.token_count,
+        "platform_message_id": m.platform_message_id,
+        "metadata": m.metadata,
+        "usage": _usage(m.usage),
+    }
+
+
+class _Writer:
+    """Formats one export into an open text file; each method runs in a worker thread."""
+
+    def __init__(self, out: IO[str], kind: Format) -> None:
+        self.out = out
+        self.kind = kind
+        self.first = True
+        self.csv = csv.writer(out) if kind == "csv" else None
+
+    def head(self, session: SessionInfo, summaries: list[SummaryRecord]) -> None:
+        out = self.out
+        if self.csv is not None:
+            self.csv.writerow(
+                ["seq", "role", "author_id", "author_name", "created_at", "tokens", "text"]
+            )
+        elif self.kind == "json":
+            out.write(f'{{\n"format": {json.dumps(FORMAT_ID)},\n')
+            out.write(f'"session": {json.dumps(session_document(session), ensure_ascii=False)},\n')
+            documents = [summary_document(s) for s in summaries]
+            out.write(f'"summaries": {json.dumps(documents, ensure_ascii=False)},\n')
+            out.write('"messages": [\n')
+        else:
+            usage = session.usage
+            lines = [
+                f"# Palaver conversation #{session.id}",
+                "",
+                f"- Chat: {session.chat_ref or session.scope}",
+                f"- Started: {when(session.created_at)}; last activity: "
+                f"{when(session.last_activity_at)}; status: {session.status.value}",
+                f"- Messages: {session.message_count}; tokens billed: "
+                f"{usage.input_tokens:,} in, {usage.output_tokens:,} out; "
+                f"cost: ${usage.cost_usd:.4f}",
+                "",
+            ]
+            if session.carried_summary:
+                lines += [
+                    "## Carried over from the previous conversation",
+                    "",
+                    session.carried_summary,
+                    "",
+                ]
+            if summaries:
+                lines += ["## Summaries of older messages", ""]
+                for s in summaries:
+                    flag = ", offline summary" if s.fallback else ""
+                    lines += [f"### Messages {s.first_seq}-{s.last_seq} (level {s.level}{flag})"]
+                    lines += ["", s.text, ""]
+            lines += ["## Messages", ""]
+            out.write("\n".join(lines) + "\n")
+
+    def page(self, messages: list[StoredMessage]) -> None:
+        out = self.out
+        for m in messages:
+            if self.csv is not None:
+                self.csv.writerow(
+                    [
+                        m.seq,
+                        m.role.value,
+                        m.author_id or "",
+                        m.author_name or "",
+                        m.created_at.isoformat(),
+                        m.token_count,
+                        m.text,
+                    ]
+                )
+            elif self.kind == "json":
+                out.write(("" if self.first else ",\n") + json.dumps(message_document(m)))
+            else:
+                out.write(f"**{speaker(m)}** · {when(m.created_at)}\n\n{m.text}\n\n")
+            self.first = False
+
+    def tail(self) -> None:
+        if self.kind == "json":
+            self.out.write("\n]\n}\n")
+
+
+async def write_export(
+    manager: SessionManager,
+    session: SessionInfo,
+    kind: Format,
+    directory: Path,
+    *,
+    on_progress: Callable[[int], None] | None = None,
+) -> Path:
+    """Write ``session`` as ``kind`` to a new private file in ``directory``; returns it.
+
+    The file is created 0600 (``mkstemp``): a conversation is nobody else's business.
+    ``on_progress`` is told how many messages are written so far.
+    """
+    path = await asyncio.to_thread(_private_file, directory, f"palaver-{session.id}-", kind)
+    try:
+        out = await asyncio.to_thread(path.open, "w", encoding="utf-8", newline="")
+        try:
+            writer = _Writer(out, kind)
+            summaries = await manager.summaries(session.id)
+            await asyncio.to_thread(writer.head, session, summaries)
+            after = 0
+            written = 0
+            while True:
+                page = await manager.messages(session.id, after=after, limit=PAGE)
+                if not page:
+                    break
+                await asyncio.to_thread(writer.page, page)
+                after = page[-1].seq
+                written += len(page)
+                if on_progress is not None:
+                    on_progress(written)
+            await asyncio.to_thread(writer.tail)
+        finally:
+            await asyncio.to_thread(out.close)
+    except BaseException:
+        await asyncio.to_thread(path.unlink, missing_ok=True)
+        raise
+    return path
+
+
+def _private_file(directory: Path, prefix: str, kind: Format) -> Path:
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=prefix, suffix=SUFFIX[kind], dir=directory)
+    os.close(handle)
+    return Path(name)
+
+
+def _compress(source: Path, target: Path) -> int:
+    """Gzip ``source`` into a new private file ``target``, delete ``source``; the size."""
+    os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+    with source.open("rb") as raw, gzip.open(target, "wb") as packed:
+        shutil.copyfileobj(raw, packed, 1 << 20)
+    source.unlink(missing_ok=True)
+    return target.stat().st_size
+
+
+def _split(source: Path, limit: int) -> list[Path]:
+    parts: list[Path] = []
+    with source.open("rb") as raw:
+        while chunk := raw.read(limit):
+            part = source.with_name(f"{source.name}.part{len(parts) + 1}")
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(chunk)
+            parts.append(part)
+    source.unlink(missing_ok=True)
+    return parts
+
+
+async def fit_for_upload(file: OutboundFile, limit: int) -> tuple[list[OutboundFile], str]:
+    """``file`` as files of at most ``limit`` bytes each, and a note on what was done.
+
+    Too large: gzip-compressed; still too large: the compressed file in numbered
+    parts (``cat NAME.gz.part* > NAME.gz`` joins them). Replaced files are deleted.
+    """
+    if await asyncio.to_thread(lambda: file.size) <= limit:
+        return [file], ""
+    packed = file.path.with_name(file.path.name + ".gz")
+    size = await asyncio.to_thread(_compress, file.path, packed)
+    name = file.name + ".gz"
+    if size <= limit:
+        return [OutboundFile(name, packed, "application/gzip")], " (gzip-compressed)"
+    paths = await asyncio.to_thread(_split, packed, limit)
+    files = [
+        OutboundFile(f"{name}.part{i}", path, "application/octet-stream")
+        for i, path in enumerate(paths, 1)
+    ]
+    note = f" (gzip-compressed, in {len(files)} parts: join them with `cat {name}.part* > {name}`)"
+    return files, note
