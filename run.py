@@ -47,6 +47,7 @@ async def serve(config: Config, *, console_only: bool) -> int:
             started.append(interface)
             print(f"palaver: {interface.name} is up", flush=True)
         freeze_startup_heap()
+        await app.resume(started)
         if not started:
             print(app.startup_hint(), flush=True)
             console = Console(app.dispatcher, config.palaver.data_dir)

@@ -24,6 +24,7 @@ from bots.config import Config
 from conversation.access import AccessPolicy
 from conversation.attachments import AttachmentReader
 from conversation.commands import BuiltinCommands
+from conversation.delivery import Outbox
 from conversation.dispatcher import Dispatcher
 from conversation.ordering import ChatLanes
 from conversation.outbound import Interface
@@ -31,6 +32,7 @@ from conversation.ratelimit import RateLimiter
 from conversation.registry import Registry
 from conversation.turn import Turn
 from memory.database import Database, migrate, open_database
+from memory.errors import PalaverError
 from memory.manager import SessionManager
 from memory.store import Store
 from memory.summarizer import Summarizer
@@ -129,6 +131,7 @@ class Palaver:
             limiter=RateLimiter(config.rate_limit),
             reader=AttachmentReader(config.attachments),
             lanes=ChatLanes(config.palaver.max_concurrent_turns),
+            outbox=Outbox(manager, config.memory.expire_after_s),
         )
         self._wiring = Wiring(database, manager, agent, turn, dispatcher, client)
         log.info("palaver started: database %s, agent %s", database.reader.dialect.name, agent.name)
@@ -144,6 +147,13 @@ class Palaver:
             if wiring.client is not None:
                 await wiring.client.close()
             await wiring.database.dispose()
+
+    async def resume(self, interfaces: Sequence[Interface]) -> None:
+        """Once the interfaces are up: deliver what is owed from before the start."""
+        try:
+            await self.dispatcher.resume({i.name: i for i in interfaces})
+        except PalaverError as error:
+            log.warning("could not look up what is owed from before the start: %s", error)
 
     async def close_interfaces(self, interfaces: Sequence[Interface], grace: float) -> None:
         """Shutdown: the interfaces take no more events, the core lets the turns in

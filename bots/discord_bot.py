@@ -214,6 +214,10 @@ class DiscordBot:
             stream_interval=self.settings.stream_edit_interval_s,
         )
 
+    def is_private(self, key: ChatKey) -> bool:
+        channel = self.client.get_channel(int(key.chat_id))
+        return isinstance(channel, discord.DMChannel)
+
     async def sync_commands(self) -> None:
         """Register the slash commands: in the configured guilds (instant), else globally
         (Discord may take up to an hour to show global changes). A failure is logged, not

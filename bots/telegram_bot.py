@@ -239,10 +239,13 @@ class TelegramBot:
 
     def outbound(self, key: ChatKey, reply_to: str | None) -> Outbound:
         thread = int(key.thread_id) if key.thread_id else None
-        chat = int(key.chat_id)
-        private = chat > 0  # Telegram: users' private chats have positive ids, groups negative
+        private = self.is_private(key)
         reply = int(reply_to) if reply_to and reply_to.isdigit() and not private else None
-        return TelegramPort(self, Target(chat, thread, reply, private))
+        return TelegramPort(self, Target(int(key.chat_id), thread, reply, private))
+
+    def is_private(self, key: ChatKey) -> bool:
+        # Users' private chats have positive ids; groups and channels negative ones.
+        return int(key.chat_id) > 0
 
     async def _register_commands(self) -> None:
         """The command menu from the core's registry; admin commands only in the

@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 from conversation.access import AccessPolicy, Actor
 from conversation.attachments import AttachmentReader, seen_as
+from conversation.delivery import Outbox
 from conversation.export import fit_for_upload
 from conversation.inbound import Inbound
 from conversation.ordering import ChatLanes
 from conversation.outbound import (
     DeliveryError,
+    Interface,
     Outbound,
     OutboundFile,
     ReplyStream,
@@ -32,6 +34,7 @@ from conversation.ratelimit import Notices, RateLimiter
 from conversation.registry import CommandCall, Registry, Reply, parse_command
 from conversation.turn import INTERNAL_ERROR, Outcome, Question, Turn, TurnResult
 from memory.errors import PalaverError
+from memory.types import ChatKey, Delivery, Role, StoredMessage
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,8 @@ EDITED = (
     "I answer new messages only, so I didn't act on your edit. "
     "Send the corrected text as a new message if you'd like an answer to it."
 )
-RESTARTING = "I'm restarting; your message is saved. Please send it again in a minute."
+RESTARTING = "I'm restarting; your message is saved and I'll answer it as soon as I'm back."
+RESTARTING_RESEND = "I'm restarting; please send your message again in a minute."
 BARE_MENTION = "Yes? Write your question in the same message."
 ALREADY_ANSWERED = "Already answered."
 SENT_PRIVATELY = "I've sent you the answer privately."
@@ -61,6 +65,7 @@ class Dispatcher:
         limiter: RateLimiter,
         reader: AttachmentReader,
         lanes: ChatLanes,
+        outbox: Outbox,
     ) -> None:
         self.turn = turn
         self.registry = registry
@@ -68,8 +73,10 @@ class Dispatcher:
         self.limiter = limiter
         self.reader = reader
         self.lanes = lanes
+        self.outbox = outbox
         self.notices = Notices()
         self.draining = False
+        self._resumed: set[asyncio.Task[None]] = set()
 
     # -- what interfaces ask before they answer ----------------------------------------
 
@@ -119,9 +126,58 @@ class Dispatcher:
 
     async def drain(self, grace: float) -> None:
         """Shutting down: answer no more messages; let turns in flight finish for
-        ``grace`` seconds, then cancel them (their messages are kept)."""
+        ``grace`` seconds, then cancel them (their messages are kept, and answered
+        after the restart); replies still waiting for their chat stay owed."""
         self.draining = True
         await self.lanes.drain(grace)
+        await self.outbox.close()
+
+    async def resume(self, interfaces: Mapping[str, Interface]) -> int:
+        """After a start: deliver the replies still owed, and answer the questions a
+        shutdown or crash left unanswered. Returns how many questions are answered."""
+        owed = await self.turn.manager.owed(self.outbox.since())
+
+        def port(message: StoredMessage) -> Outbound | None:
+            key = ChatKey.from_ref(message.chat_ref or "")
+            interface = interfaces.get(key.interface)
+            reply_to = message.metadata.get("reply_to")
+            if interface is None:
+                return None
+            return interface.outbound(key, reply_to if isinstance(reply_to, str) else None)
+
+        self.outbox.resume([m for m in owed if m.role is Role.ASSISTANT], port)
+        questions = [
+            m
+            for m in owed
+            if m.role is Role.USER and m.delivery is Delivery.AWAITING and m.chat_ref
+        ]
+        for question in questions:
+            key = ChatKey.from_ref(question.chat_ref or "")
+            interface = interfaces.get(key.interface)
+            if interface is None or question.author_id is None:
+                continue
+            inbound = Inbound(
+                key,
+                Actor(key.interface, question.author_id, question.author_name),
+                question.text,
+                question.platform_message_id,
+                private=interface.is_private(key),
+            )
+            destination = interface.outbound(key, question.platform_message_id)
+            task = asyncio.create_task(self._answer_owed(inbound, destination))
+            self._resumed.add(task)
+            task.add_done_callback(self._resumed.discard)
+        if questions:
+            log.info("answering %d messages left unanswered by the last shutdown", len(questions))
+        return len(questions)
+
+    async def _answer_owed(self, inbound: Inbound, port: Outbound) -> None:
+        """A question stored before a shutdown, already allowed then: its turn now."""
+        async with self.lanes.lane(inbound.key):
+            try:
+                await self._ask(inbound, port)
+            except Exception:
+                log.exception("answering a kept message in %s failed", inbound.key.ref)
 
     async def _handle(self, inbound: Inbound, port: Outbound) -> None:
         actor = inbound.actor
@@ -139,10 +195,12 @@ class Dispatcher:
                 await self._notice(port, inbound, edited, EDITED_WINDOW_S, EDITED)
             return
         if self.draining:
-            await self._observe(inbound)
+            owed = addressed and inbound.message_id is not None and command is None
+            await self._observe(inbound, owed=owed)
             if addressed:
-                await port.send(RESTARTING)
+                await port.send(RESTARTING if owed else RESTARTING_RESEND)
             return
+        await self.outbox.reachable(inbound.key, port)
         if addressed and not self.access.is_operator(actor):
             wait = self.limiter.acquire(f"{actor.interface}:{actor.user_id}")
             if wait > 0:
@@ -238,12 +296,13 @@ class Dispatcher:
             metadata=metadata,
         )
 
-    async def _observe(self, inbound: Inbound) -> None:
+    async def _observe(self, inbound: Inbound, *, owed: bool = False) -> None:
         """Keep a message the bot was not asked to answer, so the model knows who said
-        what when it is asked; its files are named, not downloaded."""
+        what when it is asked (or, ``owed``, one to answer after a restart); its files
+        are named, not downloaded."""
         text = " ".join(part for part in (inbound.text, seen_as(inbound.attachments)) if part)
         if text.strip():
-            await self.turn.observe(self._question(inbound, text))
+            await self.turn.observe(self._question(inbound, text), owed=owed)
 
     async def _ask(self, inbound: Inbound, port: Outbound) -> None:
         text = inbound.text
@@ -288,7 +347,9 @@ class Dispatcher:
     ) -> None:
         """What each outcome of a turn says."""
         outcome = result.outcome
-        if outcome is Outcome.REPLIED:
+        if outcome is Outcome.REPLIED and result.reply is not None:
+            await self.outbox.deliver(inbound.key, result.reply, port, stream.finish)
+        elif outcome is Outcome.REPLIED:
             await stream.finish(result.text)
         elif outcome in (Outcome.DUPLICATE, Outcome.STORED):
             if inbound.needs_answer:

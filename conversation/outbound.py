@@ -118,3 +118,7 @@ class Interface(Protocol):
     def outbound(self, key: ChatKey, reply_to: str | None) -> Outbound:
         """A port to the chat ``key``, replying to ``reply_to`` where it still exists."""
         ...
+
+    def is_private(self, key: ChatKey) -> bool:
+        """Whether ``key`` is a one-to-one chat with the bot."""
+        ...

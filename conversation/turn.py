@@ -23,7 +23,16 @@ from conversation.access import Actor
 from conversation.settings import AgentSettings
 from memory.errors import PalaverError
 from memory.manager import SessionManager
-from memory.types import ChatKey, Context, Project, Role, SessionInfo, Usage
+from memory.types import (
+    ChatKey,
+    Context,
+    Delivery,
+    Project,
+    Role,
+    SessionInfo,
+    StoredMessage,
+    Usage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +75,7 @@ class TurnResult:
     text: str
     session_id: int | None = None
     usage: Usage | None = None
+    reply: StoredMessage | None = None  # the stored reply, owed to the chat until delivered
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +138,11 @@ class Turn:
     ) -> TurnResult:
         manager = self.manager
 
-        # 3. store the user message first: from here on, it cannot be lost.
+        # 3. store the user message first: from here on, it cannot be lost. A platform
+        #    message is owed an answer until it has one, so that one cut off by a
+        #    shutdown or a crash is answered after the restart (where it comes back
+        #    here as a duplicate still awaiting its answer).
+        owed = question.message_id is not None
         stored = await manager.add_message(
             session.id,
             Role.USER,
@@ -138,15 +152,22 @@ class Turn:
             chat=question.key,
             platform_message_id=question.message_id,
             metadata=question.metadata,
+            delivery=Delivery.AWAITING if owed else None,
         )
-        if stored.duplicate:
+        if stored.duplicate and stored.delivery is not Delivery.AWAITING:
             return TurnResult(Outcome.DUPLICATE, "", session.id)
+
+        async def told(result: TurnResult) -> TurnResult:
+            """The user is told something other than an answer: nothing more is owed."""
+            if owed:
+                await manager.settle(stored)
+            return result
 
         # 4. spend caps: over a cap, the user is told and no model call is made.
         refusal = await self._over_cap(session, question.billed_to)
         if refusal is not None:
             await manager.record_error(session.id, "spend_cap", {"user": question.billed_to})
-            return TurnResult(Outcome.OVER_BUDGET, refusal, session.id)
+            return await told(TurnResult(Outcome.OVER_BUDGET, refusal, session.id))
 
         # 5. the context, then the agent, streaming partial text to the interface. If
         #    the model finds the prompt too long, summarize now and try once more.
@@ -162,23 +183,26 @@ class Turn:
                 context, reply = await self._call_agent(question, session, profile, on_progress)
         except AgentError as error:
             await manager.record_error(session.id, error.kind, {"detail": error.detail})
-            return TurnResult(Outcome.FAILED, error.user_message, session.id)
+            return await told(TurnResult(Outcome.FAILED, error.user_message, session.id))
         except Exception as error:
             log.exception("agent %s failed in session %s", self.agent.name, session.id)
             await manager.record_error(session.id, "internal", {"detail": repr(error)})
-            return TurnResult(Outcome.FAILED, INTERNAL_ERROR, session.id)
+            return await told(TurnResult(Outcome.FAILED, INTERNAL_ERROR, session.id))
         if reply is None or not reply.text.strip():
             await manager.record_error(session.id, "empty_reply", None)
-            return TurnResult(Outcome.FAILED, EMPTY_REPLY, session.id)
+            return await told(TurnResult(Outcome.FAILED, EMPTY_REPLY, session.id))
 
-        # 6. store the reply with what it cost, charged to the user who asked.
-        await manager.add_reply(
+        # 6. store the reply with what it cost, charged to the user who asked; it is
+        #    owed to the chat until delivered, and settles the question with it.
+        stored_reply = await manager.add_reply(
             session.id,
             reply.text,
             context=context,
             model=profile.model,
             usage=reply.usage,
             billed_to=question.billed_to,
+            question=stored if owed else None,
+            chat=question.key if owed else None,
         )
 
         # 7. fold older history in the background if the context is at the threshold.
@@ -188,7 +212,9 @@ class Turn:
             token_limit=profile.token_limit,
             model=profile.model,
         )
-        return TurnResult(Outcome.REPLIED, reply.text, session.id, reply.usage)
+        return TurnResult(
+            Outcome.REPLIED, reply.text, session.id, reply.usage, stored_reply if owed else None
+        )
 
     async def _context(self, question: Question, session: SessionInfo, profile: Profile) -> Context:
         return await self.manager.build_context(
@@ -241,8 +267,9 @@ class Turn:
                 )
         return None
 
-    async def observe(self, question: Question) -> TurnResult:
-        """Store a message the bot saw but was not asked to answer."""
+    async def observe(self, question: Question, *, owed: bool = False) -> TurnResult:
+        """Store a message the bot saw but was not asked to answer (or, ``owed``, one
+        it will answer later: after a restart)."""
         try:
             session = await self.manager.open(question.key)
             stored = await self.manager.add_message(
@@ -254,6 +281,7 @@ class Turn:
                 chat=question.key,
                 platform_message_id=question.message_id,
                 metadata=question.metadata,
+                delivery=Delivery.AWAITING if owed else None,
             )
         except PalaverError as error:
             return TurnResult(Outcome.REJECTED, str(error))

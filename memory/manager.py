@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from memory.cache import SessionCache
@@ -30,6 +30,7 @@ from memory.tokens import TokenCounter
 from memory.types import (
     ChatKey,
     Context,
+    Delivery,
     GlobalStats,
     Project,
     Role,
@@ -207,6 +208,8 @@ class SessionManager:
         metadata: dict[str, Any] | None = None,
         usage: Usage | None = None,
         billed_to: str | None = None,
+        delivery: Delivery | None = None,
+        settles: int | None = None,
     ) -> StoredMessage:
         """Store one message, durably, before returning it.
 
@@ -239,6 +242,8 @@ class SessionManager:
             metadata=metadata,
             usage=usage,
             billed_to=billed_to,
+            delivery=delivery,
+            settles=settles,
         )
         stored = await self._writer.submit(item)
         if billed_to is not None and usage is not None and not stored.duplicate:
@@ -254,19 +259,46 @@ class SessionManager:
         model: str,
         usage: Usage | None,
         billed_to: str | None,
+        question: StoredMessage | None = None,
+        chat: ChatKey | None = None,
     ) -> StoredMessage:
         """Store a model's reply with what it cost, charged to ``billed_to``; the usage
-        the API reported calibrates the token estimate of ``context``."""
+        the API reported calibrates the token estimate of ``context``.
+
+        A reply to ``question`` for ``chat`` is stored "pending" (owed to that chat
+        until ``delivered``), and settles the question in the same transaction.
+        """
         if usage is not None:
             reported = usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens
             self._calibration.note(model, context.raw_tokens, reported)
+        reply_to = question.platform_message_id if question is not None else None
         return await self.add_message(
             session_id,
             Role.ASSISTANT,
             text,
             usage=usage,
             billed_to=billed_to if usage is not None else None,
+            chat=chat,
+            metadata={"reply_to": reply_to} if reply_to else None,
+            delivery=Delivery.PENDING if chat is not None else None,
+            settles=question.seq if question is not None else None,
         )
+
+    # -- what is owed to chats ------------------------------------------------------
+
+    async def settle(self, message: StoredMessage) -> None:
+        """Nothing more is owed for ``message``: a reply was delivered, or a question
+        was answered otherwise (an error, a refusal the user was told)."""
+        await self._writer.mark((None, message.session_id, message.seq))
+
+    async def undeliverable(self, message: StoredMessage) -> None:
+        """The chat could not take this reply; it is kept, marked, for when it can."""
+        await self._writer.mark((Delivery.FAILED.value, message.session_id, message.seq))
+
+    async def owed(self, since: datetime, *, chat: ChatKey | None = None) -> list[StoredMessage]:
+        """Questions not answered and replies not delivered, newer than ``since``,
+        oldest first (those of one ``chat``): what a restart must still do."""
+        return await self.store.messages.owed(since, chat.ref if chat else None)
 
     def note_prompt_too_long(self, context: Context, model: str, reported: int) -> None:
         """The model counted ``reported`` tokens for ``context``: calibrate by it."""

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -120,6 +121,14 @@ class MessageRow(Base):
         # The idempotency key: a platform message id is unique within its chat.
         UniqueConstraint("chat_ref", "platform_message_id", name="uq_messages_platform_id"),
         Index("ix_messages_billed_to_created", "billed_to", "created_at"),
+        # Only what is still owed to a chat (see Delivery): a handful of rows.
+        Index(
+            "ix_messages_delivery",
+            "delivery",
+            "created_at",
+            sqlite_where=text("delivery IS NOT NULL"),
+            postgresql_where=text("delivery IS NOT NULL"),
+        ),
     )
 
     session_id: Mapped[int] = mapped_column(
@@ -142,6 +151,9 @@ class MessageRow(Base):
     cost_usd: Mapped[float | None] = mapped_column(Float)
     # Who a model reply is charged to ("telegram:123"): spend per user and per day.
     billed_to: Mapped[str | None] = mapped_column(String(120))
+    # What is still owed: "awaiting" (a question not yet answered), "pending" (a reply
+    # not yet delivered), "failed" (a reply the chat could not take); else NULL.
+    delivery: Mapped[str | None] = mapped_column(String(10))
 
 
 class SummaryRow(Base):

@@ -19,6 +19,14 @@ class Role(StrEnum):
     TOOL = "tool"
 
 
+class Delivery(StrEnum):
+    """What a stored message is still owed (None: nothing)."""
+
+    AWAITING = "awaiting"  # a question the bot was asked, not answered yet
+    PENDING = "pending"  # a reply stored, not delivered yet
+    FAILED = "failed"  # a reply the chat could not take
+
+
 class SessionStatus(StrEnum):
     ACTIVE = "active"
     IDLE = "idle"
@@ -39,6 +47,13 @@ class ChatKey:
     def ref(self) -> str:
         """A compact string form; also the scope of platform message ids."""
         return f"{self.interface}:{self.chat_id}:{self.thread_id or ''}"
+
+    @classmethod
+    def from_ref(cls, ref: str) -> ChatKey:
+        """The key whose ``ref`` is ``ref``."""
+        interface, _, rest = ref.partition(":")
+        chat_id, _, thread_id = rest.rpartition(":")
+        return cls(interface, chat_id, thread_id or None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +131,8 @@ class StoredMessage:
     metadata: dict[str, Any]
     usage: Usage | None = None
     duplicate: bool = False  # True when the platform id had been stored before
+    chat_ref: str | None = None  # the chat it came from, or that a reply goes to
+    delivery: Delivery | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from agents.settings import SpendSettings
 from conversation.access import AccessPolicy
 from conversation.attachments import AttachmentReader
 from conversation.commands import BuiltinCommands
+from conversation.delivery import Outbox
 from conversation.dispatcher import Dispatcher
 from conversation.ordering import ChatLanes
 from conversation.outbound import Outbound, OutboundFile, ReplyStream, RetryLater, Unreachable
@@ -55,6 +56,7 @@ def make_dispatcher(
         limiter=RateLimiter(RateLimitSettings(per_minute=per_minute, burst=burst)),
         reader=AttachmentReader(attachments or AttachmentSettings()),
         lanes=ChatLanes(max_running),
+        outbox=Outbox(manager, 86_400),
     )
 
 

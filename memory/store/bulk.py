@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from memory.errors import SessionNotFound
-from memory.store.rows import AppendOutcome, NewMessage, SessionDelta, messages, sessions
+from memory.store.rows import AppendOutcome, Mark, NewMessage, SessionDelta, messages, sessions
 from memory.types import SessionStatus, StoredMessage, Usage
 
 _MESSAGE_COLUMNS = (
@@ -37,6 +37,7 @@ _MESSAGE_COLUMNS = (
     "cache_write_tokens",
     "cost_usd",
     "billed_to",
+    "delivery",
 )
 
 
@@ -87,6 +88,10 @@ class BulkAppend:
             f"version = version + 1 WHERE id = {m[11]}"
         )
         self.update_if_version = self.update + f" AND version = {self._marks(13)[12]}"
+        m = self._marks(3)
+        self.mark = (
+            f"UPDATE messages SET delivery = {m[0]} WHERE session_id = {m[1]} AND seq = {m[2]}"
+        )
 
         def processor(column: Any) -> Any:
             impl = column.type.dialect_impl(dialect)
@@ -169,6 +174,8 @@ class BulkAppend:
                     now,
                     item.metadata or {},
                     u,
+                    chat_ref=item.chat_ref,
+                    delivery=item.delivery,
                 )
             )
         updates: list[tuple[Any, ...]] = []
@@ -199,6 +206,7 @@ class BulkAppend:
             None if u is None else u.cache_write_tokens,
             None if u is None else u.cost_usd,
             item.billed_to,
+            None if item.delivery is None else item.delivery.value,
         )
 
     def run_sqlite(
@@ -208,8 +216,10 @@ class BulkAppend:
         session_ids: list[int],
         hints: Mapping[int, tuple[int, int]] | None,
         now: datetime,
+        marks: Sequence[Mark],
     ) -> AppendOutcome:
-        """The SQLite append, run on the driver's thread as one transaction.
+        """The SQLite append, run on the driver's thread as one transaction, with the
+        batch's changes of delivery state.
 
         With ``hints`` it skips reading the session rows and updates them only where
         the version still matches; if a row moved (another process wrote), it rolls
@@ -218,6 +228,10 @@ class BulkAppend:
         while True:
             conn.execute("BEGIN IMMEDIATE")
             try:
+                if not items:
+                    conn.executemany(self.mark, marks)
+                    conn.commit()
+                    return AppendOutcome([])
                 if hints is not None:
                     locked = {sid: Tally(*hints[sid]) for sid in session_ids}
                 else:
@@ -231,6 +245,8 @@ class BulkAppend:
                     if conn.executemany(update, updates).rowcount != len(updates):
                         raise StaleHint
                     conn.executemany(self.insert, inserts)
+                if marks:
+                    conn.executemany(self.mark, marks)
             except StaleHint:
                 conn.rollback()
                 hints = None

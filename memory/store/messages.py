@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -17,6 +18,7 @@ from memory.store.base import Repository
 from memory.store.bulk import BulkAppend, StaleHint, Tally
 from memory.store.rows import (
     AppendOutcome,
+    Mark,
     NewMessage,
     SessionDelta,
     Snapshot,
@@ -39,9 +41,13 @@ class Messages(Repository):
         self._bulk = BulkAppend(db.writer.dialect)
 
     async def append(
-        self, items: Sequence[NewMessage], hints: Mapping[int, tuple[int, int]] | None = None
+        self,
+        items: Sequence[NewMessage],
+        hints: Mapping[int, tuple[int, int]] | None = None,
+        marks: Sequence[Mark] = (),
     ) -> AppendOutcome:
-        """Store a batch in one transaction: gapless seqs, idempotent on platform ids.
+        """Store a batch in one transaction: gapless seqs, idempotent on platform ids;
+        ``marks`` (changes of what stored messages are owed) ride the same transaction.
 
         ``hints`` maps a session id to the (last_seq, version) this process last saw
         committed. On SQLite, when every session of the batch has one, the batch skips
@@ -58,11 +64,13 @@ class Messages(Repository):
         async with translate_errors():
             try:
                 try:
-                    return await self._append_batch(items, hints)
+                    return await self._append_batch(items, hints, marks)
                 except StaleHint:
-                    return await self._append_batch(items, None)
+                    return await self._append_batch(items, None, marks)
             except (IntegrityError, sqlite3.IntegrityError):
                 pass
+            if marks:
+                await self._append_batch([], None, marks)
             outcome = AppendOutcome([])
             for item in items:
                 try:
@@ -86,7 +94,7 @@ class Messages(Repository):
             if found is not None:
                 return AppendOutcome([found])
         try:
-            return await self._append_batch([item], None)
+            return await self._append_batch([item], None, ())
         except (IntegrityError, sqlite3.IntegrityError):
             found = await self._find_platform(item)  # lost a race with another process
             if found is None:
@@ -110,7 +118,10 @@ class Messages(Repository):
         return stored_message(row, duplicate=True) if row else None
 
     async def _append_batch(
-        self, items: Sequence[NewMessage], hints: Mapping[int, tuple[int, int]] | None
+        self,
+        items: Sequence[NewMessage],
+        hints: Mapping[int, tuple[int, int]] | None,
+        marks: Sequence[Mark],
     ) -> AppendOutcome:
         now = utcnow()
         session_ids = sorted({i.session_id for i in items})
@@ -119,18 +130,44 @@ class Messages(Repository):
             # The whole transaction is one call on the writer's thread: a batch costs
             # one hand-off instead of one per statement.
             return await self.db.fast.on_writer(
-                self._bulk.run_sqlite, items, session_ids, hints if optimistic else None, now
+                self._bulk.run_sqlite,
+                items,
+                session_ids,
+                hints if optimistic else None,
+                now,
+                marks,
             )
         bulk = self._bulk
+        outcome = AppendOutcome([])
         async with self.db.writer.begin() as conn:
-            result = await conn.exec_driver_sql(bulk.lock(len(session_ids)), tuple(session_ids))
-            rows: list[tuple[int, int, int]] = [tuple(r) for r in result]
-            locked = {sid: Tally(last_seq, version) for sid, last_seq, version in rows}
-            outcome, updates, inserts = bulk.plan(items, locked, now, check_version=False)
-            if inserts:
-                await conn.exec_driver_sql(bulk.update, updates)
-                await conn.exec_driver_sql(bulk.insert, inserts)
+            if items:
+                locking = bulk.lock(len(session_ids))
+                result = await conn.exec_driver_sql(locking, tuple(session_ids))
+                rows: list[tuple[int, int, int]] = [tuple(r) for r in result]
+                locked = {sid: Tally(last_seq, version) for sid, last_seq, version in rows}
+                outcome, updates, inserts = bulk.plan(items, locked, now, check_version=False)
+                if inserts:
+                    await conn.exec_driver_sql(bulk.update, updates)
+                    await conn.exec_driver_sql(bulk.insert, inserts)
+            if marks:
+                await conn.exec_driver_sql(bulk.mark, list(marks))
         return outcome
+
+    async def owed(
+        self, since: datetime, chat_ref: str | None = None, limit: int = 1000
+    ) -> list[StoredMessage]:
+        """Messages still owed something (see memory.types.Delivery), newer than
+        ``since``, oldest first: what a restart must still answer or deliver."""
+        query = (
+            select(messages)
+            .where(messages.c.delivery.is_not(None), messages.c.created_at >= since)
+            .order_by(messages.c.session_id, messages.c.seq)
+            .limit(limit)
+        )
+        if chat_ref is not None:
+            query = query.where(messages.c.chat_ref == chat_ref)
+        async with translate_errors(), self.db.reader.connect() as conn:
+            return [stored_message(r) for r in (await conn.execute(query)).mappings()]
 
     async def read(
         self,

@@ -26,6 +26,7 @@ from memory.models import (
     TokenCalibrationRow,
 )
 from memory.types import (
+    Delivery,
     Project,
     Role,
     SessionInfo,
@@ -74,6 +75,12 @@ class NewMessage:
     metadata: dict[str, Any] | None = None
     usage: Usage | None = None
     billed_to: str | None = None
+    delivery: Delivery | None = None
+    settles: int | None = None  # a reply: the seq of the question it answers
+
+
+# A change of what a stored message is owed: (new delivery or None, session id, seq).
+Mark = tuple[str | None, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +180,8 @@ def stored_message(row: Mapping[Any, Any], *, duplicate: bool = False) -> Stored
         metadata=dict(row["meta"] or {}),
         usage=usage,
         duplicate=duplicate,
+        chat_ref=row["chat_ref"],
+        delivery=Delivery(row["delivery"]) if row["delivery"] else None,
     )
 
 
