@@ -40,7 +40,7 @@ def make_dispatcher(
     access: AccessSettings,
     exports: Path,
     per_minute: float = 600,
-    burst: int = 3,
+    burst: int = 100,
     attachments: AttachmentSettings | None = None,
     spend: SpendSettings | None = None,
     max_running: int = 1024,
