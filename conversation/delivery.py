@@ -33,8 +33,8 @@ from memory.types import ChatKey, Delivery, StoredMessage
 log = logging.getLogger(__name__)
 
 MISSED = "I couldn't deliver this answer earlier:"
-_FIRST_RETRY_S = 2.0
-_MAX_RETRY_S = 300.0
+FIRST_RETRY_S = 2.0
+MAX_RETRY_S = 300.0
 
 Send = Callable[[str], Awaitable[None]]
 
@@ -75,7 +75,7 @@ class Outbox:
             await self._unreachable_now(key, [parcel], error)
         except Exception as error:
             log.warning("delivery to %s failed (%r); retrying", key.ref, error)
-            self._enqueue(key, parcel, _FIRST_RETRY_S)
+            self._enqueue(key, parcel, FIRST_RETRY_S)
         else:
             await self._settle(reply)
 
@@ -126,7 +126,7 @@ class Outbox:
 
     async def _flush(self, key: ChatKey, after: float) -> None:
         queue = self._queues[key]
-        retry = _FIRST_RETRY_S
+        retry = FIRST_RETRY_S
         try:
             while queue:
                 if after > 0:
@@ -145,9 +145,9 @@ class Outbox:
                     break
                 except Exception as error:
                     log.warning("delivery to %s failed again (%r)", key.ref, error)
-                    after, retry = retry, min(retry * 2, _MAX_RETRY_S)
+                    after, retry = retry, min(retry * 2, MAX_RETRY_S)
                     continue
-                retry = _FIRST_RETRY_S
+                retry = FIRST_RETRY_S
                 queue.popleft()
                 await self._settle(parcel.reply)
         finally:

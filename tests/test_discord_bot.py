@@ -19,6 +19,7 @@ import pytest
 from pydantic import SecretStr
 
 import bots.discord_bot as discord_bot
+import conversation.delivery as delivery
 from agents.base import AgentEvent, AgentReply, AgentRequest, TextDelta
 from agents.settings import ClaudeSettings
 from bots.app import Palaver
@@ -584,6 +585,20 @@ async def test_gateway_drop_and_resume_loses_and_duplicates_nothing(
         "echo: after",
     ]
     assert dc.identify_count == 1
+
+
+async def test_a_reply_discord_refuses_for_a_while_is_delivered_later_once(
+    start: Start, dc: FakeDiscord, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(delivery, "FIRST_RETRY_S", 0.2)
+    h = await start(stream_edit_interval_s=5.0)
+    dm = dc.dm_channel(ALICE)
+    dc.fail(f"POST /channels/{dm}/messages", 503, times=2)
+    await dc.user_message(None, "through an outage", author_id=ALICE)
+    [reply] = await h.bot_messages(dm, prefix="echo: through an outage")
+    assert [m.content for m in dc.channel_messages(dm)] == [reply.content]
+    await h.manager.wait_for_summaries()
+    assert await h.manager.owed(h.bot.dispatcher.outbox.since()) == []
 
 
 async def test_stop_lets_a_turn_in_flight_finish(start: Start, dc: FakeDiscord) -> None:

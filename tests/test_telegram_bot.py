@@ -410,20 +410,60 @@ async def test_telegram_flood_control_is_waited_out_without_holding_up_other_cha
     assert len(texts(tg, ANN)) == 1
 
 
-async def test_a_flood_longer_than_the_limit_is_not_waited_for(
+async def test_a_reply_delayed_past_the_flood_limit_is_delivered_later_in_order_once(
     tmp_path: Path, sqlite_url: str, tg: FakeTelegram, claude: FakeAnthropic
 ) -> None:
-    options = {"flood_max_wait_s": 5.0, "stream_replies": False}
-    async with running(tmp_path, sqlite_url, tg, claude, telegram=options):
-        tg.flood("sendMessage", times=2, retry_after=1)
-        tg.user_message(ANN, "two floods")
-        await tg.wait_for_message(ANN, contains="two floods", timeout=6)
-        assert len([e for e in tg.errors if e[2] == 429]) == 2
-        tg.flood("sendMessage", times=1, retry_after=600)
+    """A 429 longer than flood_max_wait_s used to lose the reply silently."""
+    options = {"flood_max_wait_s": 1.0, "stream_replies": False}
+    async with running(tmp_path, sqlite_url, tg, claude, telegram=options) as b:
+        tg.flood("sendMessage", times=1, retry_after=3)
+        began = time.monotonic()
         tg.user_message(ANN, "a long flood")
-        await tg.wait_for(lambda: len(tg.errors) == 3)
+        await tg.wait_for(lambda: len(tg.errors) == 1)
+        tg.user_message(ANN, "and another")
+        await tg.wait_for(lambda: len(texts(tg, ANN)) == 2, timeout=8)
+        assert time.monotonic() - began >= 3
+        assert texts(tg, ANN) == ["Echo: a long flood", "Echo: and another"]
+        # Four 429s in a row, more than flood_max_retries: waited out all the same.
+        tg.flood("sendMessage", times=4, retry_after=1)
+        tg.user_message(ANN, "four floods")
+        await tg.wait_for_message(ANN, contains="Echo: four floods", timeout=10)
         await settle(tg)
-        assert len(texts(tg, ANN)) == 1, "a 10-minute wait is given up (and logged)"
+        assert texts(tg, ANN)[-1] == "Echo: four floods" and len(texts(tg, ANN)) == 3
+        owed = await b.app.manager.owed(b.app.dispatcher.outbox.since())
+        assert owed == []
+
+
+async def test_a_reply_still_owed_at_shutdown_is_delivered_after_the_restart(
+    tmp_path: Path, sqlite_url: str, tg: FakeTelegram, claude: FakeAnthropic
+) -> None:
+    options = {"flood_max_wait_s": 1.0, "stream_replies": False}
+    config = make_config(tmp_path, sqlite_url, tg, claude, telegram=options)
+    tg.flood("sendMessage", times=1, retry_after=600)
+    app = Palaver(config)
+    await app.start()
+    (interface,) = app.build_interfaces()
+    await interface.start()
+    tg.user_message(ANN, "answer me after the flood")
+    await tg.wait_for(lambda: len(tg.errors) == 1)
+    await settle(tg)
+    await app.close_interfaces([interface], 2.0)
+    await app.stop()
+    assert texts(tg, ANN) == []
+
+    again = Palaver(config)
+    await again.start()
+    (interface,) = again.build_interfaces()
+    await interface.start()
+    try:
+        await again.resume([interface])
+        await tg.wait_for_message(ANN, contains="Echo: answer me after the flood")
+        await settle(tg)
+        assert texts(tg, ANN) == ["Echo: answer me after the flood"]
+        assert len(claude.requests) == 1, "the stored reply is sent, not asked again"
+    finally:
+        await again.close_interfaces([interface], 2.0)
+        await again.stop()
 
 
 async def test_a_duplicated_update_is_handled_once(
@@ -636,7 +676,7 @@ async def test_shutdown_lets_a_turn_in_flight_finish_and_loses_nothing(
         await again.stop()
 
 
-async def test_past_the_grace_period_the_turn_is_cancelled_but_the_question_kept(
+async def test_past_the_grace_period_the_turn_is_cancelled_but_answered_after_restart(
     tmp_path: Path, sqlite_url: str, tg: FakeTelegram, claude: FakeAnthropic
 ) -> None:
     async def hang(body: JSON) -> str:
@@ -644,7 +684,8 @@ async def test_past_the_grace_period_the_turn_is_cancelled_but_the_question_kept
         return "too late"
 
     claude.responder = hang
-    app = Palaver(make_config(tmp_path, sqlite_url, tg, claude))
+    config = make_config(tmp_path, sqlite_url, tg, claude)
+    app = Palaver(config)
     await app.start()
     (interface,) = app.build_interfaces()
     await interface.start()
@@ -657,6 +698,25 @@ async def test_past_the_grace_period_the_turn_is_cancelled_but_the_question_kept
     assert session is not None
     assert [m.text for m in await app.manager.messages(session.id)] == ["long question"]
     await app.stop()
+    assert texts(tg, ANN) == []
+
+    # After the restart the question is answered, not asked for again.
+    claude.responder = None
+    again = Palaver(config)
+    await again.start()
+    (interface,) = again.build_interfaces()
+    await interface.start()
+    try:
+        await again.resume([interface])
+        await tg.wait_for_message(ANN, contains="Echo: long question")
+        stored = await again.manager.messages(session.id)
+        assert [(m.role, m.text) for m in stored] == [
+            (Role.USER, "long question"),
+            (Role.ASSISTANT, "Echo: long question"),
+        ]
+    finally:
+        await again.close_interfaces([interface], 2.0)
+        await again.stop()
 
 
 async def test_a_bad_token_is_a_clear_error(
