@@ -6,27 +6,14 @@ It translates, and decides nothing about a conversation: each update becomes an
 control in bots.telegram_flood, Markdown in bots.telegram_format, HTTP in
 bots.telegram_http).
 
-What is Telegram's, and so decided here:
+What is Telegram's about a message is read in bots.telegram_updates; here:
 
-- **Chats.** A chat is ``ChatKey("telegram", <chat id>)``; a forum topic is a chat of
-  its own, ``ChatKey("telegram", <chat id>, <message_thread_id>)``, answered in the
-  topic. The General topic is the group's own chat.
-- **Addressed.** In private chats every message; in groups a message that mentions
-  the bot, replies to one of its messages, or is a command addressed to it
-  (``/cmd@this_bot``), or every message with ``group_mode = "all"``. Other bots are
-  ignored, and so are commands addressed to another bot (``/cmd@other_bot``). In a
-  forum topic every message "replies" to the topic's first message: that is no reply.
-- **Files.** Documents are attachments fetched through ``getFile`` (only when the
-  core wants them); photos, stickers, voice and the rest are named by kind; the
-  caption is the text; an album's parts share one notice.
-- **Duplicates.** An update delivered twice is dropped here (by chat and message id);
-  the core also stores each message once, across restarts.
 - **Lifecycle.** The Application runs inside the one event loop run.py owns:
   ``initialize`` (getMe: a rejected token is a PalaverError at start), ``start``,
   ``updater.start_polling``; never ``run_polling``, which would take the loop over.
   If the Bot API cannot be reached at start, it is retried in the background while
   the other interfaces run. Shutdown stops polling first (``stop_receiving``); once
-  the core has let the turns in flight finish, ``close`` stops the Application.
+  the core has let the turns in flight finish, ``stop`` stops the Application.
 - **HTTP.** Bot API calls go through aiohttp (bots.telegram_http), not PTB's httpx
   transport, which costs several times the CPU per call; ``http_client = "httpx"``
   switches back.
@@ -38,13 +25,9 @@ import asyncio
 import datetime as dtm
 import itertools
 import logging
-import re
-from collections import OrderedDict
-from collections.abc import Hashable
 from typing import Any
 
-from telegram import BotCommand, BotCommandScopeChat, Message, MessageEntity, Update
-from telegram.constants import ChatType
+from telegram import BotCommand, BotCommandScopeChat, Update
 from telegram.error import InvalidToken, TelegramError
 from telegram.ext import (
     Application,
@@ -59,23 +42,16 @@ from bots.config import TelegramSettings
 from bots.telegram_flood import FloodControl, RateLimitArgs
 from bots.telegram_http import AiohttpRequest
 from bots.telegram_outbound import Target, TelegramPort
-from conversation.access import Actor
+from bots.telegram_updates import INTERFACE, UpdateReader
 from conversation.dispatcher import Dispatcher
-from conversation.inbound import Attachment, Inbound
 from conversation.outbound import Outbound
-from conversation.registry import parse_command
 from memory.errors import PalaverError
 from memory.types import ChatKey
 
 log = logging.getLogger(__name__)
 
-INTERFACE = "telegram"
 TelegramApp = Application[ExtBot[RateLimitArgs], Any, Any, Any, Any, Any]
 
-_MEDIA_KINDS = (
-    *("photo", "sticker", "voice", "video", "video_note", "audio", "animation"),
-    *("location", "venue", "contact", "poll", "dice", "game", "story", "invoice", "paid_media"),
-)
 # The core's lanes order each chat's updates; PTB only has to hand them over at once.
 _UNBOUNDED_UPDATES = 2**31 - 1
 _RETRY_MAX_S = 60.0
@@ -107,23 +83,6 @@ def build_application(settings: TelegramSettings, token: str) -> TelegramApp:
     return builder.job_queue(None).build()
 
 
-class _Recent:
-    """The last ``size`` keys seen: an update delivered twice is handled once."""
-
-    def __init__(self, size: int = 10_000) -> None:
-        self._size = size
-        self._keys: OrderedDict[Hashable, None] = OrderedDict()
-
-    def add(self, key: Hashable) -> bool:
-        """True the first time ``key`` is seen."""
-        if key in self._keys:
-            return False
-        self._keys[key] = None
-        if len(self._keys) > self._size:
-            self._keys.popitem(last=False)
-        return True
-
-
 class TelegramBot:
     """The Telegram interface (see the module docstring)."""
 
@@ -137,7 +96,7 @@ class TelegramBot:
         self.application.add_error_handler(self._on_error)
         self.drafts = settings.use_drafts
         self.draft_ids = itertools.count(1)
-        self._seen = _Recent()
+        self.updates = UpdateReader(self)
         self._starting: asyncio.Task[None] | None = None
         self._initialized = False
         self._running = False
@@ -272,116 +231,11 @@ class TelegramBot:
     # -- updates --------------------------------------------------------------------------------
 
     async def _on_update(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        translated = self.translate(update)
+        translated = self.updates.translate(update)
         if translated is not None:
-            await self.dispatcher.handle(*translated)
+            inbound, target = translated
+            await self.dispatcher.handle(inbound, TelegramPort(self, target))
 
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         update_id = update.update_id if isinstance(update, Update) else update
         log.error("telegram: error handling update %s", update_id, exc_info=context.error)
-
-    def translate(self, update: Update) -> tuple[Inbound, TelegramPort] | None:
-        """An update as the core's inbound message and the port to answer it, or None
-        for what the core never sees (other bots, repeats). A command addressed to
-        another bot is passed on unaddressed: kept for the context, never answered."""
-        edited = update.edited_message is not None
-        message = update.message or update.edited_message
-        if message is None or message.from_user is None or message.from_user.is_bot:
-            return None
-        chat = message.chat
-        if not self._seen.add((chat.id, message.message_id, message.edit_date if edited else 0)):
-            return None
-        private = chat.type == ChatType.PRIVATE
-        user = message.from_user
-        text = message.text or message.caption or ""
-        text, targeted, foreign = self._strip_target(text)
-        thread = message.message_thread_id if message.is_topic_message else None
-        actor = Actor(INTERFACE, str(user.id), user.full_name, () if private else (str(chat.id),))
-        replied = message.reply_to_message
-        if replied is not None and self._topic_root(message):
-            replied = None
-        addressed = not foreign and (
-            private
-            or targeted
-            or self.settings.group_mode == "all"
-            or self._mentions_me(message)
-            or self._from_me(replied)
-        )
-        if not private:
-            text = self._without_my_mention(text)
-        inbound = Inbound(
-            key=ChatKey(INTERFACE, str(chat.id), str(thread) if thread else None),
-            actor=actor,
-            text=text,
-            message_id=str(message.message_id),
-            private=private,
-            addressed=addressed,
-            attachments=self._attachments(message),
-            album=message.media_group_id,
-            reply_to=str(replied.message_id) if replied is not None else None,
-            edited=edited,
-        )
-        target = Target(chat.id, thread, None if private else message.message_id, private, user.id)
-        return inbound, TelegramPort(self, target)
-
-    def _strip_target(self, text: str) -> tuple[str, bool, bool]:
-        """``/cmd@bot args``: the text without ``@bot``, whether it names this bot, and
-        whether it names another one."""
-        if parse_command(text) is None:
-            return text, False, False
-        head, _, rest = text.strip().partition(" ")
-        name, _, bot = head.partition("@")
-        if not bot:
-            return text, False, False
-        if bot.lower() != self.username.lower():
-            return text, False, True
-        return f"{name} {rest}".strip(), True, False
-
-    def _attachments(self, message: Message) -> tuple[Attachment, ...]:
-        document = message.document
-        if document is not None:
-
-            async def fetch() -> bytes:
-                telegram_file = await document.get_file()
-                return bytes(await telegram_file.download_as_bytearray())
-
-            return (
-                Attachment(
-                    document.file_name or "file",
-                    "file",
-                    document.mime_type,
-                    document.file_size,
-                    fetch,
-                ),
-            )
-        kind = next((k for k in _MEDIA_KINDS if getattr(message, k, None)), None)
-        return () if kind is None else (Attachment(f"a {kind.replace('_', ' ')}", kind),)
-
-    def _mentions_me(self, message: Message) -> bool:
-        kinds: list[str | None] = [MessageEntity.MENTION, MessageEntity.TEXT_MENTION]
-        found = {**message.parse_entities(kinds), **message.parse_caption_entities(kinds)}
-        me = "@" + self.username.lower()
-        for entity, value in found.items():
-            if entity.type == MessageEntity.MENTION and value.lower() == me:
-                return True
-            if entity.user is not None and entity.user.id == self.bot.id:
-                return True
-        return False
-
-    @staticmethod
-    def _topic_root(message: Message) -> bool:
-        """In forum topics every message "replies" to the topic's first message."""
-        reply = message.reply_to_message
-        return bool(
-            message.is_topic_message
-            and reply is not None
-            and reply.message_id == message.message_thread_id
-        )
-
-    def _from_me(self, message: Message | None) -> bool:
-        sender = message.from_user if message is not None else None
-        return sender is not None and sender.id == self.bot.id
-
-    def _without_my_mention(self, text: str) -> str:
-        stripped = re.sub(rf"@{re.escape(self.username)}\b", "", text, flags=re.IGNORECASE)
-        return re.sub(r"[ \t]{2,}", " ", stripped).strip()
