@@ -154,7 +154,9 @@ class TranscriptStore:
                 transcripts.c.session_id == session_id
             )
             if subpath:
-                conn.execute(delete(transcripts).where(of_session, transcripts.c.subpath == subpath))
+                conn.execute(
+                    delete(transcripts).where(of_session, transcripts.c.subpath == subpath)
+                )
                 return
             conn.execute(delete(transcripts).where(of_session))  # the main one and its subkeys
             conn.execute(
