@@ -34,7 +34,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -212,7 +212,7 @@ class ClaudeCodeAgent:
 
     # -- public API -------------------------------------------------------------------
 
-    def stream(self, request: CodeRequest, approver: Approver) -> AsyncIterator[CodeEvent]:
+    def stream(self, request: CodeRequest, approver: Approver) -> AsyncGenerator[CodeEvent, None]:
         """Run one turn: ``TextDelta``s and ``ToolProgress`` lines as they come, then
         exactly one ``CodeReply``; or raise ``AgentError``. Turns of one project wait
         for each other. Close the iterator (``contextlib.aclosing``) if you stop early."""
@@ -283,7 +283,9 @@ class ClaudeCodeAgent:
 
     # -- the turn ---------------------------------------------------------------------
 
-    async def _stream(self, request: CodeRequest, approver: Approver) -> AsyncIterator[CodeEvent]:
+    async def _stream(
+        self, request: CodeRequest, approver: Approver
+    ) -> AsyncGenerator[CodeEvent, None]:
         if self._closed:
             raise AgentError("Claude Code is shutting down.", kind="closed")
         if not request.prompt.strip():

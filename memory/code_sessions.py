@@ -55,7 +55,7 @@ def _utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def _code_session(row: Mapping[str, Any]) -> CodeSession:
+def _code_session(row: Mapping[Any, Any]) -> CodeSession:
     return CodeSession(
         project_id=row["project_id"],
         session_id=row["session_id"],
@@ -283,6 +283,6 @@ class CodeSessions:
         async with translate_errors():
             return await self._db.run_write(transaction)
 
-    async def _select(self, query: Any) -> Sequence[Mapping[str, Any]]:
+    async def _select(self, query: Any) -> Sequence[Mapping[Any, Any]]:
         async with translate_errors(), self._db.reader.connect() as conn:
             return (await conn.execute(query)).mappings().all()

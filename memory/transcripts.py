@@ -213,6 +213,6 @@ class TranscriptStore:
         async with translate_errors():
             return await self._db.run_write(transaction)
 
-    async def _select(self, query: Any) -> Sequence[Mapping[str, Any]]:
+    async def _select(self, query: Any) -> Sequence[Mapping[Any, Any]]:
         async with translate_errors(), self._db.reader.connect() as conn:
             return (await conn.execute(query)).mappings().all()

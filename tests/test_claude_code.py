@@ -56,7 +56,8 @@ def user_text(message: JSON) -> str:
     parts = [
         b.get("text", "")
         for b in content
-        if b.get("type") == "text" and not b.get("text", "").lstrip().startswith("<system-reminder>")
+        if b.get("type") == "text"
+        and not b.get("text", "").lstrip().startswith("<system-reminder>")
     ]
     return "\n".join(parts)
 
@@ -94,6 +95,11 @@ def cli_children() -> list[int]:
         if ppid == me and argv and argv[0].endswith(b"claude"):
             pids.append(int(entry))
     return pids
+
+
+def cmdline(pid: int) -> bytes:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read()
 
 
 @pytest.fixture
@@ -361,9 +367,7 @@ async def test_secrets_never_reach_the_cli(
     argv: list[bytes] = []
 
     async def look(_: ToolApproval) -> bool:
-        for pid in cli_children():
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv.append(f.read())
+        argv.extend(cmdline(pid) for pid in cli_children())
         return True
 
     await run(agent, request(root, "show env"), look)
@@ -453,7 +457,11 @@ async def test_no_more_live_clis_than_max_live(
     for pid, name in enumerate(("app", "web", "lib", "app", "web"), start=1):
         project = {"app": 1, "web": 2, "lib": 3}[name]
         req = request(
-            root, f"hi {pid}", project_id=project, project_name=name, workdir=root / name,
+            root,
+            f"hi {pid}",
+            project_id=project,
+            project_name=name,
+            workdir=root / name,
             resume=sessions.get(project),
         )
         _, reply = await run(agent, req)
@@ -473,8 +481,17 @@ async def test_no_more_live_clis_than_max_live(
     watcher = asyncio.create_task(watch())
     replies = await asyncio.gather(
         *(
-            run(agent, request(root, "again", project_id=p, project_name=n, workdir=root / n,
-                               resume=sessions[p]))
+            run(
+                agent,
+                request(
+                    root,
+                    "again",
+                    project_id=p,
+                    project_name=n,
+                    workdir=root / n,
+                    resume=sessions[p],
+                ),
+            )
             for p, n in ((1, "app"), (2, "web"), (3, "lib"))
         )
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from claude_agent_sdk.testing import run_session_store_conformance
@@ -40,7 +41,8 @@ async def test_session_store_conformance(database: Database) -> None:
     await run_session_store_conformance(fresh)
 
 
-def _line(uuid: str | None, text: str) -> dict[str, object]:
+def _line(uuid: str | None, text: str) -> Any:
+    """A transcript line as the CLI writes them (``SessionStoreEntry``)."""
     line: dict[str, object] = {"type": "user", "message": {"role": "user", "content": text}}
     if uuid is not None:
         line["uuid"] = uuid
@@ -51,11 +53,14 @@ async def test_retried_batch_is_idempotent_and_lines_without_uuid_are_kept(
     database: Database,
 ) -> None:
     store = TranscriptStore(database)
-    key = {"project_key": "-srv-projects-app", "session_id": "0b5c5d7e-1111-4a4a-9b9b-123456789abc"}
+    key: Any = {
+        "project_key": "-srv-projects-app",
+        "session_id": "0b5c5d7e-1111-4a4a-9b9b-123456789abc",
+    }
     batch = [_line("u1", "one"), _line(None, "mode marker"), _line("u2", "two")]
-    await store.append(key, batch)  # type: ignore[arg-type]
-    await store.append(key, batch[2:] + [_line("u3", "three")])  # type: ignore[arg-type]
-    loaded = await store.load(key)  # type: ignore[arg-type]
+    await store.append(key, batch)
+    await store.append(key, [*batch[2:], _line("u3", "three")])
+    loaded = await store.load(key)
     assert loaded is not None
     assert [line.get("uuid") for line in loaded] == ["u1", None, "u2", "u3"]
 
@@ -63,10 +68,12 @@ async def test_retried_batch_is_idempotent_and_lines_without_uuid_are_kept(
 async def test_export_reads_a_session_by_id_and_retention_deletes_it(database: Database) -> None:
     store = TranscriptStore(database)
     sid, other = "9e0f8a52-2222-4c4c-8d8d-abcdefabcdef", "9e0f8a52-3333-4c4c-8d8d-abcdefabcdef"
-    main = {"project_key": "-srv-projects-app", "session_id": sid}
-    await store.append(main, [_line("a", "hello"), _line("b", "world")])  # type: ignore[arg-type]
-    await store.append({**main, "subpath": "subagents/agent-1"}, [_line("c", "sub")])  # type: ignore[arg-type]
-    await store.append({"project_key": "-x", "session_id": other}, [_line("d", "keep")])  # type: ignore[arg-type]
+    main: Any = {"project_key": "-srv-projects-app", "session_id": sid}
+    await store.append(main, [_line("a", "hello"), _line("b", "world")])
+    subagent: Any = {**main, "subpath": "subagents/agent-1"}
+    await store.append(subagent, [_line("c", "sub")])
+    elsewhere: Any = {"project_key": "-x", "session_id": other}
+    await store.append(elsewhere, [_line("d", "keep")])
 
     exported = await store.entries(sid)
     assert [e["uuid"] for e in exported] == ["a", "b"]  # the main transcript only
@@ -74,21 +81,18 @@ async def test_export_reads_a_session_by_id_and_retention_deletes_it(database: D
 
     assert await store.delete_sessions([sid]) == 3
     assert await store.entries(sid) == []
-    assert await store.list_subkeys(main) == []  # type: ignore[arg-type]
+    assert await store.list_subkeys(main) == []
     assert await store.list_sessions("-srv-projects-app") == []
     assert [e["uuid"] for e in await store.entries(other)] == ["d"]
 
 
 async def test_concurrent_appends_keep_every_line_and_one_summary(database: Database) -> None:
     stores = [TranscriptStore(database), TranscriptStore(database)]
-    key = {"project_key": "p", "session_id": "5f5f5f5f-4444-4d4d-8e8e-000000000000"}
+    key: Any = {"project_key": "p", "session_id": "5f5f5f5f-4444-4d4d-8e8e-000000000000"}
     await asyncio.gather(
-        *(
-            stores[i % 2].append(key, [_line(f"u{i}", f"line {i}")])  # type: ignore[arg-type]
-            for i in range(20)
-        )
+        *(stores[i % 2].append(key, [_line(f"u{i}", f"line {i}")]) for i in range(20))
     )
-    loaded = await stores[0].load(key)  # type: ignore[arg-type]
+    loaded = await stores[0].load(key)
     assert loaded is not None and sorted(str(e["uuid"]) for e in loaded) == sorted(
         f"u{i}" for i in range(20)
     )
