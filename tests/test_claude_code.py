@@ -543,3 +543,23 @@ async def test_bad_requests_are_refused_before_starting_anything(
         await run(agent, request(root, "hi", max_budget_usd=0.0))
     assert caught.value.kind == "bad_setting"
     assert cli_children() == []
+
+
+async def test_compact_returns_claude_codes_summary(
+    make_agent: AgentFactory, fake: FakeAnthropic, root: Path, sqlite_db: Database
+) -> None:
+    agent = make_agent(sqlite_db)
+    _, first = await run(agent, request(root, "we are building a parser"))
+
+    def summarize(body: JSON) -> str:
+        return "SUMMARY: the user builds a parser." if len(body["messages"]) > 1 else echo(body)
+
+    fake.responder = summarize
+    summary = await agent.compact(request(root, "(unused)", resume=first.session_id))
+    assert summary is not None and "SUMMARY: the user builds a parser." in summary
+    fake.responder = echo
+    _, after = await run(agent, request(root, "go on", resume=first.session_id))
+    assert after.session_id == first.session_id
+    assert "SUMMARY: the user builds a parser." in transcript_of(fake.requests[-1])
+    # Nothing stored, nothing to compact: no CLI is started for it.
+    assert await make_agent(sqlite_db).compact(request(root, "x", resume=None)) is None
