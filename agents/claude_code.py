@@ -307,12 +307,19 @@ class ClaudeCodeAgent:
                 prompt = seeded_prompt(lost, request.seed_summary, prompt)
             turn = _Turn(request, workdir, approver)
             live.turn = turn
+            finished = False
             try:
                 async for event in self._run(live, turn, prompt, lost):
+                    finished = isinstance(event, CodeReply)
                     yield event
             finally:
                 live.turn = None
                 live.last_used = time.monotonic()
+                if not finished:
+                    # Cut off mid-turn (the caller stopped reading, or was cancelled):
+                    # the CLI is still answering, so it cannot take the next turn. What
+                    # it did so far is in the transcript; the next turn resumes it.
+                    await self._discard(live)
         # Its client is idle now: a turn waiting for a place may take it.
         async with self._pool:
             self._pool.notify_all()

@@ -30,14 +30,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, ResultMessage  # noqa: E402
+from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, ResultMessage
 
-from agents.claude_code import ClaudeCodeAgent, CodeReply, CodeRequest, ToolApproval  # noqa: E402
-from agents.settings import ClaudeCodeSettings  # noqa: E402
-from bench.common import format_table, pct  # noqa: E402
-from memory.database import migrate, open_database  # noqa: E402
-from memory.settings import DatabaseSettings  # noqa: E402
-from memory.transcripts import TranscriptStore  # noqa: E402
+from agents.claude_code import ClaudeCodeAgent, CodeReply, CodeRequest, ToolApproval
+from agents.settings import ClaudeCodeSettings
+from bench.common import format_table, pct
+from memory.database import migrate, open_database
+from memory.settings import DatabaseSettings
+from memory.transcripts import TranscriptStore
 
 API_KEY = "bench-key"
 MODEL = "claude-sonnet-4-6"

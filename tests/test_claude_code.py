@@ -563,3 +563,25 @@ async def test_compact_returns_claude_codes_summary(
     assert "SUMMARY: the user builds a parser." in transcript_of(fake.requests[-1])
     # Nothing stored, nothing to compact: no CLI is started for it.
     assert await make_agent(sqlite_db).compact(request(root, "x", resume=None)) is None
+
+
+async def test_a_turn_abandoned_mid_stream_leaves_nothing_behind(
+    make_agent: AgentFactory, fake: FakeAnthropic, root: Path, sqlite_db: Database
+) -> None:
+    agent = make_agent(sqlite_db)
+    _, first = await run(agent, request(root, "start"))
+    fake.words_per_chunk = 1
+    fake.chunk_delay = 0.05
+    fake.responder = lambda body: "one two three four five six seven eight nine ten"
+    async with aclosing(
+        agent.stream(request(root, "long answer", resume=first.session_id), approve)
+    ) as stream:
+        async for event in stream:
+            if isinstance(event, TextDelta):
+                break  # the chat went away
+    assert agent.live_projects() == []  # the CLI still answering was stopped
+    fake.chunk_delay = 0.0
+    fake.responder = echo
+    _, reply = await run(agent, request(root, "after", resume=first.session_id))
+    assert reply.text == "Echo: after"  # not the rest of the abandoned answer
+    assert reply.session_id == first.session_id

@@ -196,3 +196,19 @@ async def test_retention_and_unknown_projects(database: Database) -> None:
         await sessions.record_turn(9999, "s", chat_ref=None, usage=Usage(), num_turns=1)
     with pytest.raises(ValueError):
         await sessions.record_turn(pid, "", chat_ref=None, usage=Usage(), num_turns=1)
+
+
+async def test_migration_0004_matches_the_models(database: Database) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import Connection
+
+    from memory.models import Base
+
+    def differences(conn: Connection) -> list[Any]:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        diff = compare_metadata(context, Base.metadata)
+        return [d for d in diff if "code_" in repr(d)]
+
+    async with database.reader.connect() as conn:
+        assert await conn.run_sync(differences) == []
