@@ -106,7 +106,7 @@ async def test_concurrent_appends_keep_every_line_and_one_summary(database: Data
 
 
 async def _project(database: Database, name: str = "app") -> int:
-    project = await Store(database).create_project(name, agent_kind="claude_code", workdir=name)
+    project = await Store(database).projects.create(name, agent_kind="claude_code", workdir=name)
     return project.id
 
 

@@ -5,8 +5,8 @@ their turns, tokens, cost and the chats that used them. code_transcripts and
 code_transcript_sessions: claude_agent_sdk's SessionStore on Palaver's database, so a
 project's session resumes without the CLI's local files.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
