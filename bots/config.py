@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from sqlalchemy.engine import make_url
 
-from agents.settings import ClaudeSettings, SpendSettings
+from agents.settings import ClaudeCodeSettings, ClaudeSettings, ProjectsSettings, SpendSettings
 from conversation.settings import (
     AccessSettings,
     AgentSettings,
@@ -98,6 +98,8 @@ class Config(_Section):
     memory: MemorySettings = Field(default_factory=MemorySettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
     claude: ClaudeSettings = Field(default_factory=ClaudeSettings)
+    claude_code: ClaudeCodeSettings = Field(default_factory=ClaudeCodeSettings)
+    projects: ProjectsSettings = Field(default_factory=ProjectsSettings)
     spend: SpendSettings = Field(default_factory=SpendSettings)
     access: AccessSettings = Field(default_factory=AccessSettings)
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
@@ -108,6 +110,10 @@ class Config(_Section):
     source: Path | None = Field(None, exclude=True)
     # Keys that still work but have moved: said once at start, in the log.
     notes: list[str] = Field(default_factory=list, exclude=True)
+
+    @property
+    def projects_root(self) -> Path:
+        return Path(self.projects.root).expanduser()
 
     @property
     def database_url(self) -> str:
@@ -176,6 +182,8 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
     base = path.resolve().parent
     if not config.palaver.data_dir.is_absolute():
         config.palaver.data_dir = base / config.palaver.data_dir
+    if not Path(config.projects.root).expanduser().is_absolute():
+        config.projects.root = str(base / config.projects.root)
     config.source = path
     config.notes = notes
     return config
