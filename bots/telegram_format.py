@@ -1,41 +1,55 @@
 """Claude's Markdown as Telegram HTML.
 
 Telegram renders a small HTML subset (b, i, s, code, pre, a, blockquote) and rejects a
-whole message whose markup it cannot parse. Claude writes CommonMark-ish Markdown, which
-Telegram's own "Markdown" modes misread (``snake_case``, ``2 * 3 * 4``, unbalanced
-asterisks). So the reply is converted here, conservatively:
+whole message whose markup it cannot parse. Claude writes CommonMark, which Telegram's
+own "Markdown" modes misread (``snake_case``, ``2 * 3 * 4``, unbalanced asterisks). So
+the reply is parsed here by markdown-it-py, a CommonMark parser that runs in linear time
+on any input (a backtracking scanner took seconds on a few kilobytes of unclosed ``*``
+or ``[``, on the event loop), and its tokens are rendered as Telegram HTML:
 
-- every character of text is escaped (``& < >``; ``"`` too inside attributes), so the
-  output is always well-formed: a construct is either emitted whole, open and close tag
-  together, or left as literal text;
-- fenced code blocks become ``<pre><code class="language-x">``; an unclosed fence (a
-  reply cut off, or a partial reply while streaming) runs to the end;
-- inline code, bold (``**``/``__``), italic (``*``/``_``, not inside words), strikethrough
-  (``~~``) and links (http, https, tg, mailto; others stay literal) map to their tags;
-- headings become bold lines, ``-``/``*``/``+`` list items get a bullet, numbered items
-  keep their numbers, ``>`` quotes become a blockquote, rules become a line;
-- tables and anything else stay as text.
+- text is escaped (``& < >``; ``"`` too inside attributes) and every tag is closed where
+  it opens, so Telegram always accepts the markup; raw HTML in the Markdown is text;
+- emphasis, strong and ``~~strikethrough~~`` map to i, b and s; inline code to code
+  (plain inside a link, which may not contain code); links with a scheme Telegram opens
+  (http, https, tg, mailto) to ``a``; any other link, an image, or a link inside a link
+  becomes ``label (url)``, so nothing is lost; autolinks stay bare (Telegram links them);
+- headings become bold lines; list items ``• `` or their number, nested items indented;
+  quotes one blockquote (Telegram cannot nest them); code blocks
+  ``<pre><code class="language-x">``; tables a ``<pre>`` of aligned columns, or of their
+  source text when the padding does not fit or the parser would drop cells; a rule a line;
+- blocks are separated by a blank line where the source had one, else by a newline.
 
-What the reader sees is never longer than the Markdown source, which is what lets
-``bots.chunking`` split by the source length.
+``bots.chunking`` splits a reply by its source length and Telegram counts its limit on
+the rendered text, so what the reader sees is never longer than the limit or the source,
+whichever is longer. Markup mostly removes characters, and a table's padding only
+spends what that leaves. Whatever else adds some (numbers counted up past the ones
+written, indentation under tab-indented items) is checked at the end: a rendering that
+would be too long, or blank, falls back to the escaped source text.
 """
 
 from __future__ import annotations
 
 import re
-import string
+from dataclasses import dataclass
 
-from bots.chunking import closes_fence, fence_opener
+from markdown_it import MarkdownIt
+from markdown_it.common.utils import unescapeAll
+from markdown_it.token import Token
 
-_PUNCTUATION = frozenset(string.punctuation)
-_HEADING = re.compile(r"^ {0,3}#{1,6}(?:\s+(.*?))?(?:\s+#+)?\s*$")
-_BULLET = re.compile(r"^(\s*)[-*+]\s+(.*)$")
-_ORDERED = re.compile(r"^(\s*)(\d{1,9}[.)])\s+(.*)$")
-_QUOTE = re.compile(r"^ {0,3}>\s?(.*)$")
-_RULE = re.compile(r"^ {0,3}([-*_])(?:\s*\1){2,}\s*$")
+from bots.chunking import TELEGRAM_LIMIT, utf16_len
+
+# CommonMark, plus the two GFM extensions Claude uses; raw HTML is not markup but text.
+_PARSER = MarkdownIt("commonmark", {"html": False}).enable(["strikethrough", "table"])
+# The parser ignores what is nested deeper than this (a container's content is dropped).
+_MAX_NESTING = int(_PARSER.options["maxNesting"])
+
+_LINK_SCHEMES = ("http://", "https://", "tg://", "mailto:")
 _LANGUAGE = re.compile(r"[A-Za-z0-9_+#.-]{1,32}")
-_URL_SCHEMES = ("http://", "https://", "tg://", "mailto:")
-_AUTOLINK = re.compile(r"<((?:https?|tg)://[^\s<>]+|mailto:[^\s<>]+)>")
+_BLANK = re.compile(r"[ \t>]*")  # a blank line, inside quotes or not
+_MARKERS = re.compile(r"^(?:[ \t>]|[-+*](?=[ \t]|$)|[0-9]{1,9}[.)](?=[ \t]|$))*")
+_TAG = re.compile(r"<[^>]*>")
+_CELL_PIPE = re.compile(r"(?<!\\)\|")  # GFM: a pipe splits cells unless escaped
+_INLINE_TAGS = {"em_open": "i", "strong_open": "b", "s_open": "s"}
 
 
 def escape(text: str) -> str:
@@ -47,242 +61,329 @@ def escape_attribute(text: str) -> str:
     return escape(text).replace('"', "&quot;")
 
 
-def markdown_to_html(text: str) -> str:
-    """Render Markdown as Telegram HTML; always well-formed, whatever the input."""
-    lines = text.replace("\r\n", "\n").split("\n")
-    out: list[str] = []
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        fence = fence_opener(line)
-        if fence is not None:
-            info = line.strip()[len(fence) :].strip()
-            body: list[str] = []
+def markdown_to_html(text: str, *, limit: int = TELEGRAM_LIMIT) -> str:
+    """Render Markdown as Telegram HTML; always well-formed, whatever the input.
+
+    What the reader sees is at most ``limit`` UTF-16 units long, or the length of
+    ``text`` if that is longer: a chunk that ``bots.chunking`` cut to fit the limit
+    still fits once rendered.
+    """
+    # The parser's own normalisation, done first so that its line numbers index ``lines``.
+    source = text.replace("\r\n", "\n").replace("\r", "\n").replace("\0", "\ufffd")
+    budget = max(utf16_len(source), limit)
+    html = _Renderer(source.split("\n"), budget).render(_PARSER.parse(source))
+    shown = visible_text(html)
+    if utf16_len(shown) > budget or (not shown.strip() and source.strip()):
+        return escape(source)  # too long, or nothing to show (Telegram refuses blank text)
+    return html
+
+
+def visible_text(html: str) -> str:
+    """What Telegram shows of our HTML (and counts against its limit): the text without
+    tags. Only the three escapes ``escape`` writes occur in text."""
+    return _TAG.sub("", html).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+@dataclass(slots=True)
+class _Table:
+    """A table's place in the output, its source text and, if it can be, its aligned form."""
+
+    index: int
+    source: str
+    aligned: str | None
+
+
+@dataclass(slots=True)
+class _Open:
+    """An inline tag or link opened in the output and not yet closed."""
+
+    close: str  # what closes it: "</b>", "</a>", or "" for a link shown as text
+    index: int  # its opening piece in the output
+    ink: int  # the ink count when it opened
+    url: str = ""  # a link's target, shown when the label is empty or the link is text
+
+
+class _Renderer:
+    """One pass over the parser's tokens, appending HTML pieces to ``out``.
+
+    Block structure is kept as state rather than recursion: the open lists (for markers
+    and indentation), the depth of quotes (only the outermost is a tag) and whether the
+    next block continues the current line (the first block of a list item or a quote).
+    ``ink`` counts pieces of visible, non-blank text, so that a tag around nothing
+    (``<b></b>``, an empty quote) can be taken back out.
+    """
+
+    def __init__(self, lines: list[str], budget: int) -> None:
+        self.lines = lines
+        self.budget = budget
+        self.out: list[str] = []
+        self.ink = 0
+        self.lists: list[int | None] = []  # one per open list: its next number, if ordered
+        self.quote_depth = 0
+        self.quote: _Open | None = None
+        self.fresh = True  # the next block continues the current line
+        self.marker = False  # ... right after a list marker, so it needs a space first
+        self.tables: list[_Table] = []
+        self.links = 0  # open <a> tags: a link may not contain another
+        self.heading: _Open | None = None
+
+    def render(self, tokens: list[Token]) -> str:
+        i = 0
+        while i < len(tokens):
+            token = tokens[i]
+            kind = token.type
+            if kind == "inline":
+                self.inline(token.children or [])
+            elif kind == "paragraph_open":
+                self.start_block(token, indent=True)
+            elif kind == "heading_open":
+                self.start_block(token, indent=True)
+                self.heading = self.open_tag("b")
+            elif kind == "heading_close" and self.heading is not None:
+                self.finish(self.heading)
+            elif kind in ("fence", "code_block"):
+                self.start_block(token, indent=False)
+                self.code_block(token)
+            elif kind == "hr":
+                self.start_block(token, indent=True)
+                self.text("———")
+            elif kind == "bullet_list_open":
+                self.lists.append(None)
+            elif kind == "ordered_list_open":
+                self.lists.append(int(token.attrGet("start") or 1))
+            elif kind in ("bullet_list_close", "ordered_list_close"):
+                self.lists.pop()
+            elif kind == "list_item_open":
+                self.list_item(token)
+                self.dropped(token)
+            elif kind == "blockquote_open":
+                self.open_quote(token)
+                self.dropped(token)
+            elif kind == "blockquote_close":
+                self.close_quote()
+            elif kind == "list_item_close":
+                self.fresh = self.marker = False  # an empty item: the next one is a new line
+            elif kind == "table_open":
+                i = self.table(tokens, i)
             i += 1
-            while i < len(lines) and not closes_fence(lines[i], fence):
-                body.append(lines[i])
-                i += 1
-            i += 1  # the closing fence (or past the end)
-            out.append(_code_block(body, info))
-            continue
-        if _QUOTE.match(line):
-            quoted: list[str] = []
-            while i < len(lines) and (match := _QUOTE.match(lines[i])):
-                quoted.append(_inline(match.group(1)))
-                i += 1
-            inner = "\n".join(quoted)
-            out.append(f"<blockquote>{inner}</blockquote>" if inner.strip() else inner)
-            continue
-        out.append(_line(line))
-        i += 1
-    return "\n".join(out)
+        self.widen_tables()
+        return "".join(self.out)
 
+    # -- blocks --------------------------------------------------------------------------
 
-def _code_block(body: list[str], info: str) -> str:
-    code = escape("\n".join(body))
-    language = info.split()[0] if info else ""
-    if not code.strip():
-        return code  # an empty <pre> is no entity at all; keep the (blank) text
-    if language and _LANGUAGE.fullmatch(language):
-        return f'<pre><code class="language-{language}">{code}</code></pre>'
-    return f"<pre>{code}</pre>"
+    def start_block(self, token: Token, *, indent: bool) -> None:
+        """Separate a block from what came before, as the source did."""
+        if self.fresh:
+            if self.marker:
+                self.out.append(" ")
+            self.fresh = self.marker = False
+            return
+        line = token.map[0] if token.map else 0
+        blank = line > 0 and _BLANK.fullmatch(self.lines[line - 1]) is not None
+        self.out.append("\n\n" if blank else "\n")
+        if indent and self.lists:
+            self.out.append("  " * len(self.lists))
 
-
-def _line(line: str) -> str:
-    if _RULE.match(line):
-        return "———"
-    heading = _HEADING.match(line)
-    if heading is not None:
-        title = _inline(heading.group(1) or "")
-        return f"<b>{title}</b>" if title.strip() else title
-    bullet = _BULLET.match(line)
-    if bullet is not None:
-        return f"{bullet.group(1)}• {_inline(bullet.group(2))}"
-    ordered = _ORDERED.match(line)
-    if ordered is not None:
-        return f"{ordered.group(1)}{ordered.group(2)} {_inline(ordered.group(3))}"
-    return _inline(line)
-
-
-def _backtick_run(s: str, i: int) -> int:
-    j = i
-    while j < len(s) and s[j] == "`":
-        j += 1
-    return j - i
-
-
-def _code_span_end(s: str, i: int) -> int | None:
-    """If a code span opens at ``i``, the index just past its closing backticks."""
-    run = _backtick_run(s, i)
-    j = i + run
-    while j < len(s):
-        if s[j] == "`":
-            other = _backtick_run(s, j)
-            if other == run:
-                return j + run
-            j += other
+    def list_item(self, token: Token) -> None:
+        fresh = self.fresh
+        self.start_block(token, indent=False)
+        if not fresh and len(self.lists) > 1:
+            self.out.append("  " * (len(self.lists) - 1))
+        number = self.lists[-1]
+        if number is None:
+            self.text("•")
         else:
-            j += 1
-    return None
+            self.text(f"{number}{token.markup}")
+            self.lists[-1] = number + 1
+        self.fresh = self.marker = True
 
+    def open_quote(self, token: Token) -> None:
+        self.quote_depth += 1
+        if self.quote_depth == 1:  # Telegram cannot nest quotes: only the outer one is a tag
+            self.start_block(token, indent=False)
+            self.quote = _Open("</blockquote>", len(self.out), self.ink)
+            self.out.append("<blockquote>")
+            self.fresh = True
 
-def _skip_code(s: str, i: int) -> int:
-    """Past the code span opening at ``i`` (or its backticks, if it never closes):
-    nothing inside code is markup."""
-    end = _code_span_end(s, i)
-    return end if end is not None else i + _backtick_run(s, i)
+    def close_quote(self) -> None:
+        self.quote_depth -= 1
+        if self.quote_depth == 0 and self.quote is not None:
+            self.finish(self.quote)
+            # An empty quote is taken out; its separator already stands for it.
+            self.fresh = self.out[self.quote.index] == ""
+            self.quote = None
 
+    def dropped(self, token: Token) -> None:
+        """Content nested deeper than the parser follows is dropped from its tokens; show
+        the container's source lines instead, so nothing the model wrote is lost."""
+        if token.level + 1 >= _MAX_NESTING and token.map:
+            start, end = token.map
+            first, *rest = self.lines[start:end]
+            # The first line's prefix is the markers of the containers just rendered.
+            lines = [_MARKERS.sub("", first), *(line.lstrip(" \t>") for line in rest)]
+            self.start_block(token, indent=False)
+            self.text("\n".join(lines).strip())
 
-def _word_char(c: str) -> bool:
-    return c.isalnum()
+    def code_block(self, token: Token) -> None:
+        code = token.content.removesuffix("\n")
+        if not code.strip():
+            return  # an empty <pre> is no entity at all
+        info = unescapeAll(token.info).strip()
+        language = info.split()[0] if info else ""
+        if _LANGUAGE.fullmatch(language):
+            self.out.append(f'<pre><code class="language-{language}">{escape(code)}</code></pre>')
+        else:
+            self.out.append(f"<pre>{escape(code)}</pre>")
+        self.ink += 1
 
+    def table(self, tokens: list[Token], i: int) -> int:
+        """Render the table opening at ``i``; the index of its ``table_close``."""
+        opening = tokens[i]
+        rows: list[list[str]] = []
+        row_lines: list[int] = []
+        while tokens[i].type != "table_close":
+            token = tokens[i]
+            if token.type == "tr_open":
+                rows.append([])
+                row_lines.append(token.map[0] if token.map else -1)
+            elif token.type == "inline":
+                rows[-1].append(_plain(token.children or []))
+            i += 1
+        start, end = opening.map if opening.map else (row_lines[0], row_lines[-1] + 1)
+        # Only container prefixes (quote markers, indentation) precede a row: a line
+        # starting with ">" would have ended the table as a quote.
+        source = "\n".join(line.lstrip(" \t>").rstrip() for line in self.lines[start:end])
+        # Cells beyond the header's count are dropped by the parser: then show the source.
+        columns = len(rows[0])
+        complete = all(
+            _source_cells(self.lines[line]) <= columns for line in row_lines[1:] if line >= 0
+        )
+        self.start_block(opening, indent=False)
+        self.tables.append(_Table(len(self.out), source, _align(rows) if complete else None))
+        self.out.append(f"<pre>{escape(source)}</pre>")
+        self.ink += 1
+        return i
 
-def _opens(s: str, i: int, marker: str) -> bool:
-    after = i + len(marker)
-    if after >= len(s) or s[after].isspace():
-        return False
-    return not (marker[0] == "_" and i > 0 and _word_char(s[i - 1]))
-
-
-def _closes(s: str, j: int, marker: str) -> bool:
-    if j == 0 or s[j - 1].isspace():
-        return False
-    after = j + len(marker)
-    return not (marker[0] == "_" and after < len(s) and _word_char(s[after]))
-
-
-def _find_close(s: str, start: int, marker: str) -> int | None:
-    """Index of the marker closing an emphasis opened just before ``start``."""
-    j = start
-    char = marker[0]
-    while j < len(s):
-        c = s[j]
-        if c == "\\" and j + 1 < len(s):
-            j += 2
-            continue
-        if c == "`":
-            j = _skip_code(s, j)
-            continue
-        if c == char:
-            run = j
-            while run < len(s) and s[run] == char:
-                run += 1
-            length = run - j
-            if len(marker) == 1 and length == 2:
-                # A nested strong/strike span: skip it whole if it closes.
-                inner = _find_close(s, run, marker * 2) if _opens(s, j, marker * 2) else None
-                if inner is not None:
-                    j = inner + 2
-                    continue
-            if length >= len(marker):
-                candidate = run - len(marker)  # "***x***": the innermost closer
-                if candidate > start and _closes(s, candidate, marker):
-                    return candidate
-            j = run
-            continue
-        j += 1
-    return None
-
-
-def _link(s: str, i: int) -> tuple[str, str, int] | None:
-    """``[text](url "title")`` at ``i`` -> (text, url, index past it)."""
-    depth = 0
-    j = i
-    while j < len(s):
-        c = s[j]
-        if c == "\\":
-            j += 2
-            continue
-        if c == "`":
-            j = _skip_code(s, j)
-            continue
-        if c == "[":
-            depth += 1
-        elif c == "]":
-            depth -= 1
-            if depth == 0:
-                break
-        j += 1
-    else:
-        return None
-    if j + 1 >= len(s) or s[j + 1] != "(":
-        return None
-    k = j + 2
-    parens = 1
-    while k < len(s):
-        if s[k] == "(":
-            parens += 1
-        elif s[k] == ")":
-            parens -= 1
-            if parens == 0:
-                break
-        k += 1
-    else:
-        return None
-    target = s[j + 2 : k].strip()
-    url = target.split()[0] if target else ""
-    if url.startswith("<") and url.endswith(">"):
-        url = url[1:-1]
-    return s[i + 1 : j], url, k + 1
-
-
-def _inline(s: str, *, in_link: bool = False) -> str:
-    out: list[str] = []
-    i = 0
-    n = len(s)
-    while i < n:
-        c = s[i]
-        if c == "\\" and i + 1 < n and s[i + 1] in _PUNCTUATION:
-            out.append(escape(s[i + 1]))
-            i += 2
-            continue
-        if c == "`":
-            end = _code_span_end(s, i)
-            run = _backtick_run(s, i)
-            if end is None:
-                out.append(s[i : i + run])
-                i += run
+    def widen_tables(self) -> None:
+        """Align tables while what the rest of the message saved pays for their padding."""
+        if not self.tables:
+            return
+        spare = self.budget - utf16_len(visible_text("".join(self.out)))
+        for table in self.tables:
+            if table.aligned is None:
                 continue
-            code = s[i + run : end - run]
-            if code.startswith(" ") and code.endswith(" ") and code.strip():
-                code = code[1:-1]
-            out.append(f"<code>{escape(code)}</code>" if code.strip() else escape(s[i:end]))
-            i = end
-            continue
-        if c == "<" and not in_link:
-            auto = _AUTOLINK.match(s, i)
-            if auto is not None:
-                out.append(escape(auto.group(1)))  # Telegram links bare URLs itself
-                i = auto.end()
-                continue
-        if c in "[!" and not in_link:
-            start = i + 1 if c == "!" and s.startswith("[", i + 1) else i
-            link = _link(s, start) if s.startswith("[", start) else None
-            if link is not None:
-                label, url, end = link
-                if url.lower().startswith(_URL_SCHEMES) and label.strip():
-                    inner = _inline(label, in_link=True)
-                    out.append(f'<a href="{escape_attribute(url)}">{inner}</a>')
-                    i = end
-                    continue
-        tag = _emphasis(s, i)
-        if tag is not None:
-            name, marker, close = tag
-            inner = _inline(s[i + len(marker) : close], in_link=in_link)
-            out.append(f"<{name}>{inner}</{name}>")
-            i = close + len(marker)
-            continue
-        out.append(escape(c))
-        i += 1
-    return "".join(out)
+            cost = utf16_len(table.aligned) - utf16_len(table.source)
+            if cost <= spare:
+                self.out[table.index] = f"<pre>{escape(table.aligned)}</pre>"
+                spare -= cost
+
+    # -- inline --------------------------------------------------------------------------
+
+    def inline(self, tokens: list[Token]) -> None:
+        opened: list[_Open] = []
+        for token in tokens:
+            kind = token.type
+            if kind == "text":
+                self.text(token.content)
+            elif kind in ("softbreak", "hardbreak"):
+                self.out.append("\n")
+            elif kind == "code_inline":
+                if token.content.strip() and not self.links:  # a link may not contain code
+                    self.out.append(f"<code>{escape(token.content)}</code>")
+                    self.ink += 1
+                else:
+                    self.text(token.content)
+            elif kind in _INLINE_TAGS:
+                opened.append(self.open_tag(_INLINE_TAGS[kind]))
+            elif kind == "link_open":
+                opened.append(self.open_link(token))
+            elif kind.endswith("_close") and opened:  # em, strong, s, link
+                self.finish(opened.pop())
+            elif kind == "image":  # Telegram shows no inline images: a link to it
+                link = self.open_link(token)
+                self.inline(token.children or [])
+                self.finish(link)
+            else:  # a construct this renderer does not know: its text
+                self.text(token.content)
+        while opened:  # the parser balances its tokens; this only keeps the HTML so
+            self.finish(opened.pop())
+
+    def open_tag(self, name: str) -> _Open:
+        tag = _Open(f"</{name}>", len(self.out), self.ink)
+        self.out.append(f"<{name}>")
+        return tag
+
+    def open_link(self, token: Token) -> _Open:
+        if token.markup == "autolink":  # <https://...>: its text is its URL, linked by Telegram
+            return _Open("", len(self.out), self.ink)
+        url = str(token.attrGet("src" if token.type == "image" else "href") or "")
+        shown = _PARSER.normalizeLinkText(url)
+        if not url.lower().startswith(_LINK_SCHEMES) or self.links:
+            return _Open("", len(self.out), self.ink, shown)  # shown as "label (url)"
+        self.links += 1
+        self.out.append(f'<a href="{escape_attribute(url)}">')
+        return _Open("</a>", len(self.out) - 1, self.ink, shown)
+
+    def finish(self, tag: _Open) -> None:
+        """Close ``tag``: a link without a label shows its URL, a link that is no tag
+        shows it after the label, and any other tag around nothing is taken out."""
+        empty = self.ink == tag.ink
+        if tag.url and (empty or not tag.close):
+            self.text(tag.url if empty else f" ({tag.url})")
+        elif empty and tag.close:
+            self.out[tag.index] = ""
+            return
+        if tag.close == "</a>":
+            self.links -= 1
+        self.out.append(tag.close)
+
+    def text(self, text: str) -> None:
+        if text:
+            self.out.append(escape(text))
+            if not text.isspace():
+                self.ink += 1
 
 
-def _emphasis(s: str, i: int) -> tuple[str, str, int] | None:
-    """(tag, marker, index of the closing marker) for an emphasis opening at ``i``."""
-    for marker, name in (("**", "b"), ("__", "b"), ("~~", "s"), ("*", "i"), ("_", "i")):
-        if not s.startswith(marker, i) or not _opens(s, i, marker):
-            continue
-        close = _find_close(s, i + len(marker), marker)
-        if close is not None and s[i + len(marker) : close].strip():
-            return name, marker, close
-    return None
+def _plain(tokens: list[Token]) -> str:
+    """The text of inline tokens without markup, as a table cell shows it in <pre>."""
+    parts: list[str] = []
+    urls: list[str] = []
+    for token in tokens:
+        kind = token.type
+        if kind in ("text", "code_inline"):
+            parts.append(token.content)
+        elif kind in ("softbreak", "hardbreak"):
+            parts.append(" ")
+        elif kind == "link_open":
+            url = str(token.attrGet("href") or "")
+            urls.append("" if token.markup == "autolink" else _PARSER.normalizeLinkText(url))
+        elif kind == "link_close" and urls:
+            url = urls.pop()
+            if url:
+                parts.append(f" ({url})")
+        elif kind == "image":
+            alt = _plain(token.children or [])
+            src = _PARSER.normalizeLinkText(str(token.attrGet("src") or ""))
+            parts.append(f"{alt} ({src})" if alt.strip() else src)
+    return "".join(parts)
+
+
+def _source_cells(line: str) -> int:
+    """How many cells a table row's source line has (GFM: enclosing pipes are optional)."""
+    cells = _CELL_PIPE.split(line.lstrip(" \t>").strip())
+    if cells and cells[0] == "":
+        cells.pop(0)
+    if cells and cells[-1] == "":
+        cells.pop()
+    return len(cells)
+
+
+def _align(rows: list[list[str]]) -> str:
+    """Rows as columns padded to their widest cell, the header ruled off."""
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    lines = [
+        " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(lines)
