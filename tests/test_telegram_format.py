@@ -39,7 +39,7 @@ def visible(markdown: str) -> tuple[str, list[dict[str, object]]]:
         ("[site](https://example.com/a_(b))", '<a href="https://example.com/a_(b)">site</a>'),
         ('[q](https://e.com/?a=1&b="2")', '<a href="https://e.com/?a=1&amp;b=%222%22">q</a>'),
         ("[**bold** link](https://e.com)", '<a href="https://e.com"><b>bold</b> link</a>'),
-        ("[x](javascript:alert(1))", "[x](javascript:alert(1))"),
+        ("[x](javascript:alert(1))", "x (javascript:alert(1))"),  # a link, but not an <a>
         ("![diagram](https://e.com/d.png)", '<a href="https://e.com/d.png">diagram</a>'),
         ("see <https://e.com>", "see https://e.com"),
         ("# Title", "<b>Title</b>"),
@@ -88,7 +88,11 @@ def test_code_block_entities_reach_telegram_as_pre_with_language() -> None:
         ("```\n\n```", "```\n\n```"),  # nothing to show: the source, not a blank message
         ("<b>x</b> & <div>", "&lt;b&gt;x&lt;/b&gt; &amp; &lt;div&gt;"),
         ("&amp; &copy; &#x1F600;", "&amp; © 😀"),
-        ("~one~ ~~two~~", "~one~ <s>two</s>"),
+        ("~one~ ~~two~~", "~one~ <s>two</s>"),  # GFM would strike "one": kept as written
+        ("takes ~5 min and ~10 MB", "takes ~5 min and ~10 MB"),
+        ("[a](<https://e.com/a b>)", '<a href="https://e.com/a%20b">a</a>'),
+        ("- ```\n  x\n  ```\n  after\n- b", "• <pre>x</pre>\n  after\n• b"),  # tight item
+        ("- a\n  > q\n- b", "• a\n<blockquote>q</blockquote>\n• b"),
         ("[docs](docs/a.md) [x](ftp://h/f)", "docs (docs/a.md) x (ftp://h/f)"),
         ("[](https://e.com)", '<a href="https://e.com">https://e.com</a>'),
         ("[a `c`](https://e.com)", '<a href="https://e.com">a c</a>'),  # no code in a link
@@ -111,6 +115,10 @@ TABLE = (
     "| Feature | Python | Rust |\n|---|---|---|\n"
     "| **Speed** | Moderate | Fast |\n| Memory | GC | Ownership |"
 )
+
+
+def test_lone_surrogates_are_replaced_not_an_error() -> None:
+    assert markdown_to_html("a\ud800 *b*") == "a\ufffd <i>b</i>"
 
 
 def test_a_table_is_aligned_when_its_padding_fits_and_else_shown_as_written() -> None:
