@@ -146,6 +146,9 @@ CASES: list[tuple[str, Callable[[], str]]] = [
     ("'- ' * 5000", lambda: "- " * 5000),
     ("'[a]' * 3000", lambda: "[a]" * 3000),
     ("nested lists 30 deep x 50", lambda: nested_lists(30, 50)),
+    # The densest events: two per character, nested as deep as a chunk allows.
+    ("lists 2,000 deep x 5", lambda: ("- " * 2000 + "x\n") * 5),
+    ("quotes 4,000 deep x 5", lambda: (">" * 4000 + "x\n") * 5),
     ("'x' * 100000 (one word)", lambda: "x" * 100_000),
     ("'😀' * 50000 (one word)", lambda: "😀" * 50_000),
     ("'a\\n\\n' * 30000", lambda: "a\n\n" * 30_000),

@@ -192,8 +192,11 @@ def test_every_word_reaches_the_reader(text: str) -> None:
         "**" * 5000,
         "_" * 10000,
         "`" * 10000,
-        "> " * 5000 + "end",
+        "> " * 5000 + "end",  # far deeper than Python's recursion limit
+        ">" * 5000 + "end",
         "- " * 5000 + "end",
+        "1. " * 3000 + "end",
+        ("- " * 2000 + "x\n") * 3,
         "<" * 10000,
         "\\" * 10000,
         "a\n\n" * 3000,
