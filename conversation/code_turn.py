@@ -48,6 +48,7 @@ _PROGRESS_LINES = 3
 # Receives the reply so far (the whole text, not a delta) while it streams.
 ProgressSink = Callable[[str], Awaitable[None]]
 _SEED_MESSAGES = 20
+_TURNS_BETWEEN_COMPACTIONS = 3
 _SEED_CHARS = 6000
 
 
@@ -66,6 +67,8 @@ class CodeTurns:
         self._root = root
         self._default_model = default_model
         self._compacting: dict[int, asyncio.Task[None]] = {}
+        # (project, Claude Code session) -> its turn count when it was last compacted
+        self._compacted_at: dict[tuple[int, str], int] = {}
 
     def request(self, project: Project, prompt: str, resume: str | None, user: str) -> CodeRequest:
         settings = project.settings
@@ -122,7 +125,7 @@ class CodeTurns:
                     await on_progress(f"{text}\n\n{shown}".strip() if tools else text)
         if reply is None:
             raise AgentError("Claude Code ended without an answer.", kind="code_error")
-        await self._manager.record_code_turn(
+        recorded = await self._manager.record_code_turn(
             project.id,
             reply.session_id,
             chat=chat,
@@ -131,7 +134,11 @@ class CodeTurns:
             context_tokens=reply.context_tokens,
             lost=reply.lost_session,
         )
-        if reply.context_tokens >= self._manager.summarize_threshold * token_limit:
+        due = reply.context_tokens >= self._manager.summarize_threshold * token_limit
+        last = self._compacted_at.get((project.id, reply.session_id))
+        if due and (last is None or recorded.turns - last >= _TURNS_BETWEEN_COMPACTIONS):
+            # Not every turn: Claude Code's own prompt may keep it above the line.
+            self._compacted_at[(project.id, reply.session_id)] = recorded.turns
             self._compact_later(project, session, reply.session_id, user)
         answer = f"{LOST}\n\n{reply.text}" if reply.lost_session else reply.text
         return AgentReply(answer, reply.usage, reply.model)
@@ -169,6 +176,11 @@ class CodeTurns:
                 )
         except (AgentError, PalaverError) as error:
             log.warning("compacting project %s failed: %s", project.name, error)
+
+    async def idle(self) -> None:
+        """Wait for the compactions running in the background."""
+        while self._compacting:
+            await asyncio.gather(*list(self._compacting.values()), return_exceptions=True)
 
     async def release(self, project_id: int) -> None:
         """The project's settings changed: its live CLI goes; the next turn resumes."""

@@ -260,7 +260,7 @@ class Dispatcher:
         try:
             reply = await command.handler(call)
         except PalaverError as error:
-            reply = Reply(f"That didn't work: {error}.")
+            reply = Reply(f"That didn't work: {str(error).rstrip('.')}.")
         await self._answer(port, inbound, reply, private=command.private, name=name)
 
     async def _answer(

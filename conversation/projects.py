@@ -181,6 +181,7 @@ class ProjectCommands:
             await self.manager.reset(call.key)
             return Reply(f"Project {project.name} starts a fresh conversation.")
         retired = await self.manager.reset_code_session(project.id)
+        await self.code.release(project.id)  # its live CLI holds the old conversation
         kept = f" The old one ({retired.session_id}) is kept." if retired else ""
         return Reply(
             f"The next message starts a fresh Claude Code session in {project.name}.{kept}"

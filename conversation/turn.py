@@ -139,7 +139,8 @@ class Turn:
                 return await self._locked_turn(question, session, profile, on_progress, approve)
         except PalaverError as error:
             # Bad input or the database is down: nothing was half-stored.
-            return TurnResult(Outcome.REJECTED, f"I couldn't take that message: {error}.")
+            reason = str(error).rstrip(".")
+            return TurnResult(Outcome.REJECTED, f"I couldn't take that message: {reason}.")
 
     async def _locked_turn(
         self,
