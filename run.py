@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as error:
-        print(f"palaver: {error}", file=sys.stderr)
+        for line in str(error).splitlines():
+            print(f"palaver: {line}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=config.palaver.log_level,
