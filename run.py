@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -19,16 +20,20 @@ from bots.app import Palaver, freeze_startup_heap
 from bots.config import Config, ConfigError, load_config, render_config
 from bots.console import Console
 from bots.interface import Interface
+from bots.redaction import Redactor
 from memory.errors import PalaverError
+
+log = logging.getLogger("palaver")
 
 
 async def serve(config: Config, *, console_only: bool) -> int:
     """Start the application and its interfaces in this loop; stop on SIGINT/SIGTERM."""
+    redactor = Redactor.for_config(config)
     app = Palaver(config)
     try:
         await app.start()
     except PalaverError as error:
-        print(f"palaver: cannot start: {error}", file=sys.stderr)
+        print(f"palaver: cannot start: {redactor.redact(str(error))}", file=sys.stderr)
         return 1
     interfaces: list[Interface] = [] if console_only else app.build_interfaces()
     started: list[Interface] = []
@@ -53,7 +58,7 @@ async def serve(config: Config, *, console_only: bool) -> int:
             await stop.wait()
             print("palaver: stopping", flush=True)
     except PalaverError as error:
-        print(f"palaver: cannot start: {error}", file=sys.stderr)
+        print(f"palaver: cannot start: {redactor.redact(str(error))}", file=sys.stderr)
         return 1
     finally:
         for interface in reversed(started):
@@ -69,24 +74,33 @@ def main(argv: list[str] | None = None) -> int:
         "command", nargs="?", default="run", choices=["run", "console", "check-config"]
     )
     args = parser.parse_args(argv)
+    # Secrets come only from the environment: redact them from anything written,
+    # a bad configuration's own lines included.
+    redactor = Redactor.from_environ(os.environ)
     try:
         config = load_config(args.config)
     except ConfigError as error:
         for line in str(error).splitlines():
-            print(f"palaver: {line}", file=sys.stderr)
+            print(f"palaver: {redactor.redact(line)}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=config.palaver.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    if args.command == "check-config":
-        print(render_config(config))
-        return 0
-    try:
-        return asyncio.run(serve(config, console_only=args.command == "console"))
-    except KeyboardInterrupt:
-        return 130
+    redactor = Redactor.for_config(config)
+    with redactor.installed():
+        if args.command == "check-config":
+            print(redactor.redact(render_config(config)))
+            return 0
+        try:
+            return asyncio.run(serve(config, console_only=args.command == "console"))
+        except KeyboardInterrupt:
+            return 130
+        except Exception:
+            # Logged, not left to the interpreter to print: the record is redacted.
+            log.critical("palaver stopped by an unexpected error", exc_info=True)
+            return 1
 
 
 if __name__ == "__main__":
