@@ -23,8 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import format_table
-from conversation.settings import RateLimitSettings
 from conversation.ratelimit import Notices, RateLimiter
+from conversation.settings import RateLimitSettings
 
 SETTINGS = RateLimitSettings(per_minute=20, burst=5)
 BUDGET_S = 0.5

@@ -16,8 +16,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conversation.settings import RateLimitSettings
 from conversation.ratelimit import Notices, RateLimiter
+from conversation.settings import RateLimitSettings
 
 
 class Remembering:
