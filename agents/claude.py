@@ -5,6 +5,13 @@ with a ``cache_control`` breakpoint at its end, and a second breakpoint at the e
 of the history, so that each turn reads everything up to the previous turn from
 Claude's prompt cache. Retries are ours, not the SDK's, so that every attempt is
 bounded, honours retry-after, and never repeats text already streamed to a chat.
+
+Files (images, PDFs) go as image and document blocks before the text of the turn
+that carried them (the order the vision guide recommends), so they sit inside the
+cached prefix like any text. A model listed in ``claude.text_only_models``, or one
+the API answers 400 for files, gets the text alone (which names each file); so does
+a file the API refused. Either way the reply ends with a note saying so, and the
+files stay in memory.
 """
 
 from __future__ import annotations
@@ -13,11 +20,16 @@ import asyncio
 import logging
 import random
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from typing import Literal, cast
 
 import anthropic
 from anthropic.types import (
+    Base64ImageSourceParam,
+    Base64PDFSourceParam,
     CacheControlEphemeralParam,
+    DocumentBlockParam,
+    ImageBlockParam,
     MessageParam,
     RawMessageStreamEvent,
     TextBlockParam,
@@ -33,16 +45,65 @@ from agents.base import (
 )
 from agents.pricing import Pricing
 from agents.settings import ClaudeSettings
-from memory.types import Context, Role, Usage
+from memory.types import Context, ContextMessage, Role, Usage
 
 log = logging.getLogger(__name__)
 
 EPHEMERAL: CacheControlEphemeralParam = {"type": "ephemeral"}
 _TOO_LONG = re.compile(r"prompt is too long: (\d+) tokens")
+# A 400 about the files of a request (not its text): the request goes again without.
+_ABOUT_FILES = re.compile(r"\b(image|images|document|pdf|media|vision)\b", re.IGNORECASE)
+_ABOUT_MODEL = re.compile(r"\bmodel\b", re.IGNORECASE)
+_IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+
+Block = TextBlockParam | ImageBlockParam | DocumentBlockParam
+ImageType = Literal["image/jpeg", "image/png", "image/gif", "image/webp"]
 
 
-def build_request(context: Context) -> tuple[list[TextBlockParam], list[MessageParam]]:
-    """System blocks and messages for the Messages API, with cache breakpoints."""
+class _FilesRefused(Exception):
+    """The API answered 400 about a request's files."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _file_block(media_type: str, data: str) -> ImageBlockParam | DocumentBlockParam | None:
+    if media_type in _IMAGE_TYPES:
+        image: Base64ImageSourceParam = {
+            "type": "base64",
+            "media_type": cast(ImageType, media_type),
+            "data": data,
+        }
+        return {"type": "image", "source": image}
+    if media_type == "application/pdf":
+        pdf: Base64PDFSourceParam = {
+            "type": "base64",
+            "media_type": "application/pdf",
+            "data": data,
+        }
+        return {"type": "document", "source": pdf}
+    return None
+
+
+def _content(message: ContextMessage, media: Mapping[str, str]) -> list[Block]:
+    blocks: list[Block] = []
+    for sha256, media_type, *_ in message.media:
+        data = media.get(sha256)
+        block = _file_block(media_type, data) if data is not None else None
+        if block is not None:
+            blocks.append(block)
+    blocks.append({"type": "text", "text": message.text})
+    return blocks
+
+
+def build_request(
+    context: Context, media: Mapping[str, str] | None = None
+) -> tuple[list[TextBlockParam], list[MessageParam]]:
+    """System blocks and messages for the Messages API, with cache breakpoints.
+
+    ``media`` holds the base64 data of the context's files by content hash; a file
+    not in it is left out (its message's text names it)."""
     system: list[TextBlockParam] = []
     if context.system:
         system.append({"type": "text", "text": context.system})
@@ -53,17 +114,30 @@ def build_request(context: Context) -> tuple[list[TextBlockParam], list[MessageP
         system.append({"type": "text", "text": text})
     if system:
         system[-1]["cache_control"] = EPHEMERAL
-    blocks: list[TextBlockParam] = [{"type": "text", "text": m.text} for m in context.messages]
-    if blocks:
-        blocks[-1]["cache_control"] = EPHEMERAL
-    messages = [_message(m.role, block) for m, block in zip(context.messages, blocks, strict=True)]
+    contents: list[list[Block]] = [
+        _content(m, media) if m.media and media else [{"type": "text", "text": m.text}]
+        for m in context.messages
+    ]
+    if contents:
+        contents[-1][-1]["cache_control"] = EPHEMERAL
+    messages = [_message(m.role, c) for m, c in zip(context.messages, contents, strict=True)]
     return system, messages
 
 
-def _message(role: Role, block: TextBlockParam) -> MessageParam:
+def _message(role: Role, content: list[Block]) -> MessageParam:
     if role is Role.ASSISTANT:
-        return {"role": "assistant", "content": [block]}
-    return {"role": "user", "content": [block]}
+        return {"role": "assistant", "content": content}
+    return {"role": "user", "content": content}
+
+
+def _error_text(error: anthropic.APIStatusError) -> str:
+    """The API's own message from its error envelope (the SDK's also names the status)."""
+    body = error.body
+    if isinstance(body, dict):
+        inner = body.get("error")
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return str(inner["message"])
+    return str(error.message)
 
 
 def _retry_after(error: anthropic.APIStatusError) -> float | None:
@@ -133,12 +207,47 @@ class ClaudeAgent:
         self._settings = settings
         self._pricing = pricing
         self._auth_logged = False
+        # Learned from the API's 400 answers (this process): models that cannot read
+        # files, and files the API refused to read.
+        self._text_only: set[str] = set(settings.text_only_models)
+        self._refused: set[str] = set()
 
     def stream(self, request: AgentRequest) -> AsyncIterator[AgentEvent]:
         return self._stream(request)
 
+    def _sendable(self, request: AgentRequest) -> Mapping[str, str]:
+        if not request.media or request.model in self._text_only:
+            return {}
+        if not self._refused:
+            return request.media
+        return {k: v for k, v in request.media.items() if k not in self._refused}
+
+    def _note(self, request: AgentRequest, media: Mapping[str, str], refused: str) -> str:
+        """What the reply adds when the files of the question did not reach the model."""
+        context = request.context
+        newest = context.messages[-1] if context.messages else None
+        if newest is None or newest.role is not Role.USER:
+            return ""
+        files = [ref[0] for ref in newest.media]
+        unsent = sum(1 for sha256 in files if sha256 not in media) + context.media_left_out
+        if not unsent:
+            return ""
+        what = "your file" if unsent == 1 else "your files"
+        kept = f"{what.capitalize()} {'is' if unsent == 1 else 'are'} kept with the conversation."
+        if request.model in self._text_only:
+            why = f"{request.model} can't read images or PDFs"
+        elif refused:
+            why = f"Claude couldn't read {what} ({refused.rstrip('.')})"
+        elif context.media_left_out:
+            why = f"{what} didn't fit in this conversation's token budget"
+        else:
+            why = f"{what} could not be found any more"
+        return f"\n\n({why[0].upper()}{why[1:]}, so I answered from the text alone. {kept})"
+
     async def _stream(self, request: AgentRequest) -> AsyncIterator[AgentEvent]:
-        system, messages = build_request(request.context)
+        media = self._sendable(request)
+        system, messages = build_request(request.context, media)
+        refused = ""
         attempt = 0
         while True:
             reply = _Accumulated(request.model)
@@ -159,13 +268,26 @@ class ClaudeAgent:
                         if text:
                             yield TextDelta(text)
             except anthropic.APIStatusError as error:
-                wait = self._classify_status(error, attempt, reply.streamed)
+                try:
+                    wait = self._classify_status(error, attempt, reply.streamed, bool(media))
+                except _FilesRefused as files:
+                    # Again at once, without files: the text is answered all the same.
+                    refused = self._learn(request, media, files.message)
+                    media = {}
+                    system, messages = build_request(request.context, media)
+                    continue
             except (anthropic.APITimeoutError, anthropic.APIConnectionError) as error:
                 wait = self._classify_network(error, attempt, reply.streamed)
             else:
                 text = "".join(reply.parts)
                 if reply.stop_reason == "max_tokens":
                     text += "\n\n(The answer was cut off at the length limit.)"
+                note = ""
+                if request.media or request.context.media_left_out:
+                    note = self._note(request, media, refused)
+                if note:
+                    yield TextDelta(note)
+                    text += note
                 yield AgentReply(
                     text,
                     self._pricing.priced(request.model, reply.usage()),
@@ -181,10 +303,22 @@ class ClaudeAgent:
         base: float = self._settings.retry_base_delay_s * 2.0**attempt
         return min(self._settings.retry_max_wait_s, base * (0.5 + random.random()))
 
+    def _learn(self, request: AgentRequest, media: Mapping[str, str], message: str) -> str:
+        """Remember what a 400 about files says: the model cannot read files, or these
+        files cannot be read. Returns the API's reason, for the user."""
+        if _ABOUT_MODEL.search(message):
+            log.warning("%s refused files (%s): sending it text only", request.model, message)
+            self._text_only.add(request.model)
+        else:
+            log.warning("Claude refused files (%s): not sending them again", message)
+            self._refused.update(media)
+        return message[:200]
+
     def _classify_status(
-        self, error: anthropic.APIStatusError, attempt: int, streamed: bool
+        self, error: anthropic.APIStatusError, attempt: int, streamed: bool, files: bool = False
     ) -> float:
-        """Seconds to wait before retrying, or raise AgentError for the user."""
+        """Seconds to wait before retrying, or raise AgentError for the user (or
+        _FilesRefused: a request with ``files`` that the API refused for them)."""
         status = error.status_code
         if status == 401 or status == 403:
             if not self._auth_logged:
@@ -202,6 +336,8 @@ class ClaudeAgent:
             match = _TOO_LONG.search(str(error.message))
             if match:
                 raise PromptTooLong(int(match.group(1)), str(error.message))
+            if files and not streamed and _ABOUT_FILES.search(_error_text(error)):
+                raise _FilesRefused(_error_text(error))
             raise AgentError(
                 "Claude could not take this request. Your message is saved; try rephrasing it.",
                 kind="bad_request",

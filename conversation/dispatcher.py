@@ -17,6 +17,7 @@ import logging
 from collections.abc import Hashable, Mapping, Sequence
 
 from conversation.access import AccessPolicy, Actor
+from conversation.albums import Albums
 from conversation.attachments import AttachmentReader, seen_as
 from conversation.delivery import Outbox
 from conversation.export import fit_for_upload
@@ -33,6 +34,7 @@ from conversation.outbound import (
 from conversation.ratelimit import Notices, RateLimiter
 from conversation.registry import CommandCall, Registry, Reply, parse_command
 from conversation.turn import INTERNAL_ERROR, Outcome, Question, Turn, TurnResult
+from memory.attachments import NewAttachment
 from memory.errors import PalaverError
 from memory.types import ChatKey, Delivery, Role, StoredMessage
 
@@ -75,6 +77,7 @@ class Dispatcher:
         self.lanes = lanes
         self.outbox = outbox
         self.notices = Notices()
+        self.albums = Albums(reader.settings.album_wait_s)
         self.draining = False
         self._resumed: set[asyncio.Task[None]] = set()
 
@@ -110,10 +113,15 @@ class Dispatcher:
         """Handle one inbound message; its chat's messages are handled in order.
 
         An interface calls this before its own first ``await`` for the event, so the
-        chat's lane is entered in arrival order.
+        chat's lane is entered in arrival order. The parts of an album join its first
+        part here and are handled with it, as one message (conversation.albums).
         """
+        if inbound.album is not None and self.albums.join(inbound):
+            return
         async with self.lanes.lane(inbound.key):
             try:
+                if inbound.album is not None:
+                    inbound = await self.albums.gather(inbound)
                 await self._handle(inbound, port)
             except DeliveryError as error:
                 log.info("could not answer in %s: %r", inbound.key.ref, error)
@@ -285,7 +293,9 @@ class Dispatcher:
 
     # -- messages ------------------------------------------------------------------
 
-    def _question(self, inbound: Inbound, text: str) -> Question:
+    def _question(
+        self, inbound: Inbound, text: str, attachments: tuple[NewAttachment, ...] = ()
+    ) -> Question:
         metadata = {"reply_to": inbound.reply_to} if inbound.reply_to else None
         return Question(
             inbound.key,
@@ -294,6 +304,7 @@ class Dispatcher:
             inbound.message_id,
             group=not inbound.private,
             metadata=metadata,
+            attachments=attachments,
         )
 
     async def _observe(self, inbound: Inbound, *, owed: bool = False) -> None:
@@ -306,14 +317,18 @@ class Dispatcher:
 
     async def _ask(self, inbound: Inbound, port: Outbound) -> None:
         text = inbound.text
+        files: tuple[NewAttachment, ...] = ()
         if inbound.attachments:
             read = await self.reader.read(inbound.attachments)
+            if read.media:  # what the chat's session keeps already counts to its limit
+                usage = await self.turn.manager.attachment_usage(inbound.key)
+                read = self.reader.within_quota(read, *usage)
             if read.refused:
                 once = ("refused", inbound.key, inbound.album or inbound.message_id)
                 await self._notice(
                     port, inbound, once, REFUSED_WINDOW_S, self.reader.refusal(read.refused)
                 )
-            text = "\n\n".join(part for part in (text, *read.blocks) if part.strip())
+            text, files = read.text(text), read.media
             if not text.strip() and read.refused:
                 return
         if not text.strip():
@@ -329,7 +344,8 @@ class Dispatcher:
 
         try:
             try:
-                result = await self.turn.handle(self._question(inbound, text), on_progress=progress)
+                question = self._question(inbound, text, files)
+                result = await self.turn.handle(question, on_progress=progress)
             except Exception:
                 log.exception("the turn failed in %s", inbound.key.ref)
                 result = TurnResult(Outcome.FAILED, INTERNAL_ERROR)

@@ -264,4 +264,5 @@ def _with_media(
         dropped_summaries=len(summaries) - len(kept_summaries),
         raw_tokens=fixed + used,
         media_left_out=left_out,
+        files=sum(len(m.media) for m in merged),
     )

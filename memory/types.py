@@ -180,6 +180,7 @@ class Context:
     dropped_summaries: int = 0  # oldest summaries left out when the budget is tiny
     raw_tokens: int = 0  # the estimate before calibration: what calibration compares
     media_left_out: int = 0  # files of the newest message that did not fit: sent as text
+    files: int = 0  # how many files (images, PDFs) the messages carry
 
     @property
     def media(self) -> tuple[tuple[str, str, int, int, int], ...]:
