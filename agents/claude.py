@@ -239,10 +239,10 @@ class ClaudeAgent:
         elif refused:
             why = f"Claude couldn't read {what} ({refused.rstrip('.')})"
         elif context.media_left_out:
-            why = f"{what} didn't fit in this conversation's token budget"
+            why = f"{what.capitalize()} didn't fit in this conversation's token budget"
         else:
-            why = f"{what} could not be found any more"
-        return f"\n\n({why[0].upper()}{why[1:]}, so I answered from the text alone. {kept})"
+            why = f"{what.capitalize()} could not be found any more"
+        return f"\n\n({why}, so I answered from the text alone. {kept})"
 
     async def _stream(self, request: AgentRequest) -> AsyncIterator[AgentEvent]:
         media = self._sendable(request)

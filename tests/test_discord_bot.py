@@ -457,8 +457,8 @@ async def test_text_files_are_read_and_other_files_explained(start: Start, dc: F
 
     photo = ("cat.png", b"\x89PNG\r\n\x1a\n", "image/png")
     await dc.user_message(None, "", author_id=ALICE, attachments=[photo])
-    [note] = await h.bot_messages(dm, prefix="I skipped cat.png")
-    assert "I can read messages, captions and text files" in note.content
+    [note] = await h.bot_messages(dm, prefix="I skipped cat.png (not an image I can read")
+    assert "I can read messages, captions, text files" in note.content
     assert "50 KB" in note.content
     assert len(h.agent.requests) == 1  # nothing to answer: no turn
 

@@ -5,6 +5,7 @@ Claude Code projects (agents.uploads)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from pathlib import Path
 
@@ -177,14 +178,10 @@ async def test_nothing_too_large_is_downloaded_and_photos_take_the_largest_size_
         )
         for edge, size in ((2560, 2_000_000), (1280, 400_000), (320, 20_000))
     ]
-    photo = Attachment(**{**_fields(sizes[0]), "smaller": tuple(sizes[1:])})
+    photo = dataclasses.replace(sizes[0], smaller=tuple(sizes[1:]))
     [taken] = (await reader.read([photo])).media
     assert downloads == ["1280px"]  # 2560 px is over the download limit, 320 px is smaller
     assert (taken.width, taken.height) == target_size(1280, 1280, reader.limits) == (1072, 1072)
-
-
-def _fields(item: Attachment) -> dict[str, object]:
-    return {name: getattr(item, name) for name in Attachment.__slots__}
 
 
 async def test_a_session_keeps_files_up_to_its_limit_counting_each_file_once() -> None:
