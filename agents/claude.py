@@ -236,8 +236,9 @@ class ClaudeAgent:
         kept = f"{what.capitalize()} {'is' if unsent == 1 else 'are'} kept with the conversation."
         if request.model in self._text_only:
             why = f"{request.model} can't read images or PDFs"
-        elif refused:
-            why = f"Claude couldn't read {what} ({refused.rstrip('.')})"
+        elif refused or any(sha256 in self._refused for sha256 in files):
+            reason = f" ({refused.rstrip('.')})" if refused else ""
+            why = f"Claude couldn't read {what}{reason}"
         elif context.media_left_out:
             why = f"{what.capitalize()} didn't fit in this conversation's token budget"
         else:

@@ -12,17 +12,22 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anthropic
 import pytest
 from PIL import Image
 from pydantic import SecretStr
 
+from agents.base import AgentReply, AgentRequest
+from agents.claude import ClaudeAgent
+from agents.pricing import Pricing
 from agents.settings import ClaudeSettings
 from bots.app import Palaver
 from bots.config import Config, PalaverSettings, Secrets, TelegramSettings
 from bots.telegram_bot import TelegramBot
 from conversation.settings import AccessSettings, AttachmentSettings, RateLimitSettings
+from memory.context import MediaRef
 from memory.settings import DatabaseSettings, MemorySettings
-from memory.types import ChatKey, Role
+from memory.types import ChatKey, Context, ContextMessage, Role
 from tests.fakes.anthropic_api import JSON, FakeAnthropic
 from tests.fakes.telegram_api import FakeTelegram
 from tests.media import bomb_png, jpeg, pdf, png
@@ -390,3 +395,42 @@ async def test_a_session_over_its_file_limit_is_told_and_the_text_answered(
         await tg.wait_for_message(ANN, contains="I skipped b.png (this conversation already keeps")
         await tg.wait_for_message(ANN, contains="Echo: two")
         assert claude.media_log[-1]["images"] == 1
+
+
+async def test_a_file_the_api_refuses_is_not_sent_again_and_the_text_is_answered(
+    claude: FakeAnthropic,
+) -> None:
+    settings = ClaudeSettings(base_url=claude.url, max_retries=0)
+    client = anthropic.AsyncAnthropic(api_key=claude.api_key, base_url=claude.url, max_retries=0)
+    agent = ClaudeAgent(client, settings, Pricing(settings))
+    broken = base64.b64encode(b"\x89PNG\r\n\x1a\n and then nothing").decode()
+    ref = ("c0ffee", "image/png", 100, 20, 0)
+
+    def request(media_left_out: int = 0, refs: tuple[MediaRef, ...] = (ref,)) -> AgentRequest:
+        context = Context(
+            session_id=1, system="", summaries=(),
+            messages=(ContextMessage(Role.USER, "look", None, refs),),
+            estimated_tokens=110, budget=1000, dropped_messages=0,
+            media_left_out=media_left_out, files=len(refs),
+        )  # fmt: skip
+        return AgentRequest(context, "claude-sonnet-4-6", 100, 1, media={"c0ffee": broken})
+
+    try:
+        reply = [event async for event in agent.stream(request())][-1]
+        assert isinstance(reply, AgentReply)
+        assert reply.text == (
+            "Echo: look\n\n(Claude couldn't read your file (Could not process image), so I "
+            "answered from the text alone. Your file is kept with the conversation.)"
+        )
+        assert len(claude.requests) == 2 and files_of(claude.requests[-1]) == []
+        again = [event async for event in agent.stream(request())][-1]
+        assert isinstance(again, AgentReply) and "Claude couldn't read your file, so" in again.text
+        assert len(claude.requests) == 3  # not offered again
+        # A file that did not fit the budget is said to have been left out.
+        left = [event async for event in agent.stream(request(1, ()))][-1]
+        assert isinstance(left, AgentReply) and left.text.endswith(
+            "(Your file didn't fit in this conversation's token budget, so I answered from the "
+            "text alone. Your file is kept with the conversation.)"
+        )
+    finally:
+        await client.close()
