@@ -165,9 +165,9 @@ async def test_a_photo_with_a_caption_reaches_the_model_beside_it_and_stays_cach
 
 
 async def test_an_album_is_answered_once_with_all_its_photos(
-    tmp_path: Path, sqlite_url: str, tg: FakeTelegram, claude: FakeAnthropic
+    tmp_path: Path, db_url: str, tg: FakeTelegram, claude: FakeAnthropic
 ) -> None:
-    async with running(config(tmp_path, sqlite_url, tg, claude)) as app:
+    async with running(config(tmp_path, db_url, tg, claude)) as app:
         for i in range(3):
             tg.user_message(
                 ANN,
@@ -189,9 +189,9 @@ async def test_an_album_is_answered_once_with_all_its_photos(
 
 
 async def test_oversized_damaged_and_hostile_images(
-    tmp_path: Path, sqlite_url: str, tg: FakeTelegram, claude: FakeAnthropic
+    tmp_path: Path, db_url: str, tg: FakeTelegram, claude: FakeAnthropic
 ) -> None:
-    async with running(config(tmp_path, sqlite_url, tg, claude)) as app:
+    async with running(config(tmp_path, db_url, tg, claude)) as app:
         tg.user_message(
             ANN, caption="a big one", document=("plan.png", png(5000, 3000), "image/png")
         )

@@ -16,14 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from memory.errors import SessionNotFound
-from memory.store.rows import (
-    AppendOutcome,
-    Mark,
-    NewMessage,
-    SessionDelta,
-    messages,
-    sessions,
-)
+from memory.store.rows import AppendOutcome, Mark, NewMessage, SessionDelta, messages, sessions
 from memory.types import SessionStatus, StoredMessage, Usage
 
 _MESSAGE_COLUMNS = (
