@@ -165,8 +165,10 @@ class AttachmentReader:
                 continue
             if kind != "text":
                 if room <= 0:
-                    refused.append(f"{item.name} (I read {self.settings.max_files_per_message} "
-                                   "files of a message at most)")  # fmt: skip
+                    refused.append(
+                        f"{item.name} (I read {self.settings.max_files_per_message} "
+                        "files of a message at most)"
+                    )
                     continue
                 room -= 1
             try:
@@ -224,16 +226,22 @@ class AttachmentReader:
                 raise _Skipped(refusal.reason) from None
         self._keepable(len(fit.data))
         return NewAttachment.of(
-            _image_name(item, fit.media_type), "image", fit.media_type, fit.data, fit.tokens,
-            width=fit.width, height=fit.height,
-        )  # fmt: skip
+            _image_name(item, fit.media_type),
+            "image",
+            fit.media_type,
+            fit.data,
+            fit.tokens,
+            width=fit.width,
+            height=fit.height,
+        )
 
     async def _pdf(self, item: Attachment) -> NewAttachment:
         settings = self.settings
         limit = min(settings.pdf_max_bytes, settings.max_download_bytes)
         if (item.size or 0) > limit:
-            raise _Skipped(f"too large: {_megabytes(item.size or 0)}; I read PDFs up to "
-                           f"{_megabytes(limit)}")  # fmt: skip
+            raise _Skipped(
+                f"too large: {_megabytes(item.size or 0)}; I read PDFs up to {_megabytes(limit)}"
+            )
         data = await self._download(item, limit)
         async with self._decoding:
             try:
@@ -292,9 +300,11 @@ class AttachmentReader:
                 f"PDFs (up to {settings.pdf_max_pages} pages and "
                 f"{_megabytes(min(settings.pdf_max_bytes, settings.max_download_bytes))})"
             )
-        other = "Audio, video and other files" if settings.read_images else (
-            "Images, audio, video and other files"
-        )  # fmt: skip
+        other = (
+            "Audio, video and other files"
+            if settings.read_images
+            else ("Images, audio, video and other files")
+        )
         return (
             f"I skipped {', '.join(refused)}: I can read {', '.join(readable[:-1])} and "
             f"{readable[-1]}. {other} aren't supported: please describe them in words."

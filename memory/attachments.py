@@ -54,9 +54,16 @@ class NewAttachment:
     ) -> NewAttachment:
         """The attachment of ``data``, its content hash computed once here."""
         return cls(
-            name, kind, media_type, data, tokens, hashlib.sha256(data).hexdigest(),
-            width, height, pages,
-        )  # fmt: skip
+            name,
+            kind,
+            media_type,
+            data,
+            tokens,
+            hashlib.sha256(data).hexdigest(),
+            width,
+            height,
+            pages,
+        )
 
     @property
     def size(self) -> int:

@@ -126,9 +126,17 @@ def build_context(
     allowance -= fixed
     if media:
         return _with_media(
-            session_id, system, summaries, kept_summaries, tail, budget, factor, label_authors,
-            fixed, allowance,
-        )  # fmt: skip
+            session_id,
+            system,
+            summaries,
+            kept_summaries,
+            tail,
+            budget,
+            factor,
+            label_authors,
+            fixed,
+            allowance,
+        )
     kept = 0
     used = 0
     for message in reversed(tail):

@@ -474,9 +474,11 @@ async def test_image_attachments_reach_the_model_and_unaddressed_ones_stay_unrea
     h = await start()
     shot = png(1920, 1080)
     await dc.user_message(
-        None, "what's wrong here?", author_id=ALICE,
+        None,
+        "what's wrong here?",
+        author_id=ALICE,
         attachments=[("screen.png", shot, "image/png"), ("notes.pdf", pdf(2), "application/pdf")],
-    )  # fmt: skip
+    )
     dm = dc.dm_channel(ALICE)
     await h.bot_messages(dm, prefix="echo")
     request = h.agent.requests[-1]
@@ -490,9 +492,13 @@ async def test_image_attachments_reach_the_model_and_unaddressed_ones_stay_unrea
 
     # In a guild channel, an image that does not address the bot is named, not fetched.
     await dc.user_message(
-        CHANNEL, "our new logo", author_id=BOB, username="bob", guild_id=GUILD,
+        CHANNEL,
+        "our new logo",
+        author_id=BOB,
+        username="bob",
+        guild_id=GUILD,
         attachments=[("logo.png", png(64, 64), "image/png")],
-    )  # fmt: skip
+    )
     async with asyncio.timeout(5):
         while not await h.stored(key(CHANNEL)):  # noqa: ASYNC110 - stored by the bot, no event
             await asyncio.sleep(0.02)

@@ -45,9 +45,14 @@ def offered(
         return data
 
     return Attachment(
-        name, kind, content_type, len(data) if size is None else size, fetch,
-        width=width, height=height,
-    )  # fmt: skip
+        name,
+        kind,
+        content_type,
+        len(data) if size is None else size,
+        fetch,
+        width=width,
+        height=height,
+    )
 
 
 # -- images ----------------------------------------------------------------------------
@@ -57,8 +62,12 @@ def test_an_image_within_the_limits_is_sent_as_it_came() -> None:
     data = png(800, 600)
     fit = fit_image(data, LIMITS)
     assert (fit.data, fit.media_type, fit.width, fit.height, fit.scaled) == (
-        data, "image/png", 800, 600, False,
-    )  # fmt: skip
+        data,
+        "image/png",
+        800,
+        600,
+        False,
+    )
     assert fit.tokens == 640  # 800 x 600 / 750, the API's formula
 
 
@@ -271,8 +280,14 @@ def test_uploads_get_safe_names_inside_the_folder_and_never_overwrite(tmp_path: 
     paths = write_uploads(tmp_path, files)
     uploads = tmp_path / "uploads"
     assert [p.name for p in paths] == [
-        "photo.jpg", "photo-2.jpg", "passwd", "bashrc", "evil.pdf", "a_b_c_.png", "file",
-    ]  # fmt: skip
+        "photo.jpg",
+        "photo-2.jpg",
+        "passwd",
+        "bashrc",
+        "evil.pdf",
+        "a_b_c_.png",
+        "file",
+    ]
     assert all(p.parent == uploads for p in paths)
     assert [p.read_bytes() for p in paths] == [f.data for f in files]
     assert not (tmp_path.parent / "etc").exists()

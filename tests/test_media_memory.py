@@ -8,24 +8,30 @@ from __future__ import annotations
 
 import base64
 import gc
+import itertools
 import json
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import Connection, update
 
 from conversation.export import write_export
 from memory.attachments import NewAttachment
 from memory.context import (
     MAX_MEDIA,
+    MAX_MEDIA_BYTES,
     MAX_PDF_PAGES,
     Block,
     MediaRef,
     TailMessage,
     build_context,
+    media_tokens,
 )
+from memory.errors import InvalidMessage
 from memory.manager import SessionManager
 from memory.store import utcnow
 from memory.store.rows import blobs, sessions
@@ -76,9 +82,13 @@ async def test_files_are_stored_with_their_message_counted_and_kept_once(
         session.id, Role.USER, text, chat=KEY, platform_message_id="1", attachments=[shot]
     )
     again = await manager.add_message(
-        session.id, Role.USER, "and this one?", chat=KEY, platform_message_id="2",
+        session.id,
+        Role.USER,
+        "and this one?",
+        chat=KEY,
+        platform_message_id="2",
         attachments=[shot, document(3)],
-    )  # fmt: skip
+    )
     # A repeated delivery of the first message links nothing more.
     repeat = await manager.add_message(
         session.id, Role.USER, text, chat=KEY, platform_message_id="1", attachments=[shot]
@@ -191,8 +201,13 @@ async def test_files_go_with_a_suffix_of_the_window_and_the_newest_text_always_f
     ]
     system = Block("", 0)
     wide = build_context(1, system=system, summaries=[], tail=tail, budget=10_000, media=True)
-    assert [m.media for m in wide.messages] == [(ref("a", 1000),), (), (ref("b", 1000),), (),
-                                                (ref("c", 1000),)]  # fmt: skip
+    assert [m.media for m in wide.messages] == [
+        (ref("a", 1000),),
+        (),
+        (ref("b", 1000),),
+        (),
+        (ref("c", 1000),),
+    ]
     # Room for two files: the oldest message goes as its text alone, and so does
     # anything older than a message whose files did not fit.
     narrow = build_context(1, system=system, summaries=[], tail=tail, budget=2400, media=True)
@@ -211,6 +226,72 @@ async def test_files_go_with_a_suffix_of_the_window_and_the_newest_text_always_f
     pdfs = [message(f"p{i}", 2000, (ref(f"p{i}", 1900, pages=40),)) for i in range(3)]
     paged = build_context(1, system=system, summaries=[], tail=pdfs, budget=10**6, media=True)
     assert paged.files == 2 and sum(r[4] for r in paged.media) <= MAX_PDF_PAGES
+
+
+refs = st.lists(
+    st.builds(
+        lambda n, tokens, size, pages: (
+            f"f{n}",
+            "application/pdf" if pages else "image/png",
+            tokens,
+            size,
+            pages,
+        ),
+        st.integers(0, 10**6),
+        st.integers(1, 2000),
+        st.integers(1, 6_000_000),
+        st.integers(0, 60),
+    ),
+    min_size=1,
+    max_size=4,
+).map(tuple)
+messages = st.one_of(
+    st.tuples(
+        st.sampled_from(["user", "assistant"]),
+        st.integers(1, 300),
+        st.text(min_size=1, max_size=8),
+        st.none(),
+    ),
+    st.builds(
+        lambda text, author, files: ("user", text + sum(r[2] for r in files), "x", author, files),
+        st.integers(1, 300),
+        st.none(),
+        refs,
+    ),
+)
+
+
+@given(
+    tail=st.lists(messages, max_size=40),
+    budget=st.integers(500, 40_000),
+    factor=st.floats(0.5, 2.0),
+)
+def test_a_context_with_files_holds_the_budget_and_the_requests_limits(
+    tail: list[TailMessage], budget: int, factor: float
+) -> None:
+    try:
+        context = build_context(
+            1,
+            system=Block("s", 50),
+            summaries=[],
+            tail=tail,
+            budget=budget,
+            factor=factor,
+            media=True,
+        )
+    except InvalidMessage:
+        newest = tail[-1][1] - media_tokens(tail[-1]) + MESSAGE_OVERHEAD
+        assert 50 + newest > int(budget / factor)  # only when its text cannot fit
+        return
+    assert context.estimated_tokens <= budget
+    files = context.media
+    assert len(files) == context.files <= MAX_MEDIA
+    assert sum(r[3] for r in files) <= MAX_MEDIA_BYTES and sum(r[4] for r in files) <= MAX_PDF_PAGES
+    # Files go with a suffix of the window: once a turn has none, no older turn has any.
+    carrying = [bool(m.media) for m in context.messages if m.role is Role.USER]
+    assert carrying == sorted(carrying)
+    for first, second in itertools.pairwise(context.messages):
+        assert first.role is not second.role
 
 
 async def test_files_are_deleted_with_their_session_by_retention(
@@ -252,8 +333,9 @@ async def test_the_json_export_references_files_by_hash_and_name(
     session = await manager.open(KEY)
     shot = photo(name="cat.png")
     await manager.add_message(session.id, Role.USER, "hi")
-    await manager.add_message(session.id, Role.USER, "cat\n\n[image: cat.png, 640x480]",
-                              attachments=[shot])  # fmt: skip
+    await manager.add_message(
+        session.id, Role.USER, "cat\n\n[image: cat.png, 640x480]", attachments=[shot]
+    )
     path = await write_export(manager, await manager.get(session.id), "json", tmp_path)
     exported: dict[str, Any] = json.loads(path.read_text())
     plain, with_file = exported["messages"]

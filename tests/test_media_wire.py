@@ -247,8 +247,12 @@ async def test_a_pdf_is_read_and_one_over_the_limit_is_named_plainly(
         assert block["source"]["media_type"] == "application/pdf"
         assert base64.b64decode(block["source"]["data"]) == pdf(3)
         assert text_of(claude.requests[-1]) == "summarize it\n\n[PDF: report.pdf, 3 pages]"
-        assert claude.media_log[-1] == {"images": 0, "documents": 1, "pages": 3,
-                                        "media_tokens": 6000 + 3}  # fmt: skip
+        assert claude.media_log[-1] == {
+            "images": 0,
+            "documents": 1,
+            "pages": 3,
+            "media_tokens": 6000 + 3,
+        }
         session = await app.manager.find_by_chat(PRIVATE)
         assert session is not None
         question = (await app.manager.messages(session.id))[0]
@@ -408,11 +412,16 @@ async def test_a_file_the_api_refuses_is_not_sent_again_and_the_text_is_answered
 
     def request(media_left_out: int = 0, refs: tuple[MediaRef, ...] = (ref,)) -> AgentRequest:
         context = Context(
-            session_id=1, system="", summaries=(),
+            session_id=1,
+            system="",
+            summaries=(),
             messages=(ContextMessage(Role.USER, "look", None, refs),),
-            estimated_tokens=110, budget=1000, dropped_messages=0,
-            media_left_out=media_left_out, files=len(refs),
-        )  # fmt: skip
+            estimated_tokens=110,
+            budget=1000,
+            dropped_messages=0,
+            media_left_out=media_left_out,
+            files=len(refs),
+        )
         return AgentRequest(context, "claude-sonnet-4-6", 100, 1, media={"c0ffee": broken})
 
     try:

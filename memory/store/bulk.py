@@ -240,10 +240,20 @@ class BulkAppend:
             for position, a in enumerate(item.attachments):
                 rows.append(
                     (
-                        item.session_id, result.seq, position, a.sha256, a.name[:255], a.kind,
-                        a.media_type, len(a.data), a.width, a.height, a.pages, a.tokens,
+                        item.session_id,
+                        result.seq,
+                        position,
+                        a.sha256,
+                        a.name[:255],
+                        a.kind,
+                        a.media_type,
+                        len(a.data),
+                        a.width,
+                        a.height,
+                        a.pages,
+                        a.tokens,
                     )
-                )  # fmt: skip
+                )
         return rows
 
     def run_sqlite(
