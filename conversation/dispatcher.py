@@ -116,11 +116,12 @@ class Dispatcher:
         chat's lane is entered in arrival order. The parts of an album join its first
         part here and are handled with it, as one message (conversation.albums).
         """
-        if inbound.album is not None and self.albums.join(inbound):
+        album = inbound.album is not None and not inbound.edited
+        if album and self.albums.join(inbound):
             return
         async with self.lanes.lane(inbound.key):
             try:
-                if inbound.album is not None:
+                if album:
                     inbound = await self.albums.gather(inbound)
                 await self._handle(inbound, port)
             except DeliveryError as error:
