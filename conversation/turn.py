@@ -23,6 +23,7 @@ from agents.settings import SpendSettings
 from conversation.access import Actor
 from conversation.code_turn import CodeTurns, ProgressSink
 from conversation.settings import AgentSettings
+from memory.attachments import NewAttachment
 from memory.errors import PalaverError
 from memory.manager import SessionManager
 from memory.types import (
@@ -53,6 +54,7 @@ class Question:
     message_id: str | None = None
     group: bool = False  # several people talk here: the model sees who said what
     metadata: dict[str, Any] | None = None
+    attachments: tuple[NewAttachment, ...] = ()  # images and PDFs, kept with the message
 
     @property
     def billed_to(self) -> str:
@@ -167,6 +169,7 @@ class Turn:
             platform_message_id=question.message_id,
             metadata=question.metadata,
             delivery=Delivery.AWAITING if owed else None,
+            attachments=question.attachments,
         )
         if stored.duplicate and stored.delivery is not Delivery.AWAITING:
             return TurnResult(Outcome.DUPLICATE, "", session.id)
@@ -309,6 +312,7 @@ class Turn:
             max_tokens=profile.max_tokens,
             session_id=session.id,
             user_id=question.billed_to,
+            media=await self.manager.media_for(context) if context.files else {},
         )
         reply: AgentReply | None = None
         text = ""

@@ -527,7 +527,7 @@ async def test_text_documents_are_read_and_media_get_one_short_answer(
     assert "buy milk" in json.dumps(user_text) and "notes.md" in json.dumps(user_text)
 
     tg.user_message(ANN, document=("report.pdf", b"%PDF-1.4"))
-    await tg.wait_for_message(ANN, contains="I skipped report.pdf: I can read")
+    await tg.wait_for_message(ANN, contains="I skipped report.pdf (the PDF is damaged")
     tg.user_message(ANN, document=("big.txt", b"x" * 60_000))
     await tg.wait_for_message(ANN, contains="I skipped big.txt (too large)")
     tg.user_message(ANN, sticker=True)
@@ -535,9 +535,9 @@ async def test_text_documents_are_read_and_media_get_one_short_answer(
     await tg.wait_for_message(ANN, contains="aren't supported", count=4)
     await settle(tg)
     assert len(claude.requests) == 1, "nothing but the text file reached the model"
-    # A caption counts as text: it is answered, and the photo itself named as unread.
+    # A caption counts as text: it is answered, and a photo that is no image named.
     tg.user_message(ANN, photo=True, caption="look at the sky")
-    await tg.wait_for_message(ANN, contains="I skipped a photo")
+    await tg.wait_for_message(ANN, contains="I skipped a photo (the image is damaged")
     await tg.wait_for_message(ANN, contains="Echo: look at the sky")
 
     tg.user_message(ANN, "fixed typo", message_id=5000)
