@@ -287,6 +287,7 @@ class Turn:
             on_progress=on_progress,
             approve=approve or _deny,
             token_limit=profile.token_limit,
+            files=question.attachments,
         )
 
     async def _context(self, question: Question, session: SessionInfo, profile: Profile) -> Context:
