@@ -651,6 +651,20 @@ async def test_stop_lets_a_turn_in_flight_finish(start: Start, dc: FakeDiscord) 
     assert h.bot.client.is_closed()
 
 
+async def test_discord_out_of_reach_at_start_is_retried_in_the_background(
+    start: Start, dc: FakeDiscord
+) -> None:
+    """A failed login used to close the HTTP session and the retry died on "Session is
+    closed", ending the whole process, Telegram included."""
+    dc.fail("GET /users/@me", 503, times=2)
+    h = await start(connect_timeout_s=0.5)  # returns: Discord is retried in the background
+    assert not h.bot.ready.is_set()
+    async with asyncio.timeout(15):
+        await h.bot.ready.wait()
+    await dc.user_message(None, "finally up", author_id=ALICE)
+    await h.bot_messages(dc.dm_channel(ALICE), prefix="echo: finally up")
+
+
 async def test_a_bad_token_is_a_clear_error(
     dc: FakeDiscord, manager: SessionManager, tmp_path: Path
 ) -> None:

@@ -736,6 +736,25 @@ async def test_a_bad_token_is_a_clear_error(
         await app.stop()
 
 
+async def test_a_bot_api_out_of_reach_at_start_is_retried_in_the_background(
+    tmp_path: Path, sqlite_url: str, tg: FakeTelegram, claude: FakeAnthropic
+) -> None:
+    """It used to be a start-up error (exit 1), taking the other interfaces down."""
+    tg.outage("getMe", times=2)
+    app = Palaver(make_config(tmp_path, sqlite_url, tg, claude))
+    await app.start()
+    (interface,) = app.build_interfaces()
+    try:
+        await interface.start()  # returns: Telegram is retried in the background
+        assert tg.calls("setMyCommands") == [], "not set up yet: the Bot API is still down"
+        tg.user_message(ANN, "are you up yet?")
+        await tg.wait_for_message(ANN, contains="Echo: are you up yet?", timeout=15)
+        assert [e[2] for e in tg.errors] == [502, 502]
+    finally:
+        await app.close_interfaces([interface], 2.0)
+        await app.stop()
+
+
 async def test_run_py_exits_non_zero_on_a_bad_token(
     tmp_path: Path, sqlite_url: str, tg: FakeTelegram, claude: FakeAnthropic,
     capsys: pytest.CaptureFixture[str],

@@ -478,6 +478,7 @@ class FakeTelegram:
         self._file_counter = 0
         self._callback_counter = 0
         self._floods: dict[str, list[_Flood]] = {}
+        self._outages: dict[str, int] = {}
         self._allowed_updates: set[str] | None = None
         self._poll_generation = 0
         self._waiters: list[asyncio.Future[None]] = []
@@ -566,6 +567,11 @@ class FakeTelegram:
     def flood(self, method: str = "sendMessage", times: int = 1, retry_after: int = 1) -> None:
         """Answer the next ``times`` calls of ``method`` with 429 and ``retry_after``."""
         self._floods.setdefault(method.lower(), []).append(_Flood(times, retry_after))
+
+    def outage(self, method: str = "getMe", times: int = 1) -> None:
+        """Answer the next ``times`` calls of ``method`` with 502 Bad Gateway, as the Bot
+        API's front end does while Telegram is down."""
+        self._outages[method.lower()] = self._outages.get(method.lower(), 0) + times
 
     # -- driving the bot as users ---------------------------------------------------------------
 
@@ -922,6 +928,10 @@ class FakeTelegram:
             return self._envelope(error)
         if name != "getUpdates":
             self.sent.append((name, params))
+        if self._outages.get(name.lower(), 0) > 0:
+            self._outages[name.lower()] -= 1
+            self.errors.append((name, params, 502, "Bad Gateway"))
+            return web.Response(status=502, text="<html>502 Bad Gateway</html>")
         delay = self.latencies.get(name, self.latency if name != "getUpdates" else 0.0)
         try:
             if delay > 0:
