@@ -188,6 +188,23 @@ async def test_the_reply_streams_as_a_draft_then_arrives_as_a_message(
     ), "no draft may land after the final message"
 
 
+async def test_where_drafts_are_refused_the_preview_is_edited_at_the_edit_interval(
+    tmp_path: Path, sqlite_url: str, tg: FakeTelegram, claude: FakeAnthropic
+) -> None:
+    """The fallback preview used to be edited every draft_interval_s (0.5 s)."""
+    claude.chunk_delay = 0.05
+    claude.responder = lambda body: "a long streamed answer " * 20  # about two seconds
+    tg.refuse_drafts = True
+    options = {"draft_interval_s": 0.05, "edit_interval_s": 5.0}
+    async with running(tmp_path, sqlite_url, tg, claude, telegram=options):
+        tg.user_message(ANN, "stream to me")
+        await tg.wait_for_call("deleteMessage", timeout=15)  # the answer is there
+        edits = [c for c in tg.calls("editMessageText") if c["chat_id"] == ANN]
+        assert len(edits) <= 1, f"{len(edits)} edits: the preview ran at the draft interval"
+        previews = [c for c in tg.calls("sendMessage") if c.get("disable_notification")]
+        assert len(previews) == 1, "the preview fell back to one edited message"
+
+
 async def test_reset_starts_a_fresh_context(bot: Bot, tg: FakeTelegram) -> None:
     tg.user_message(ANN, "my name is Ann")
     await tg.wait_for_message(ANN, contains="Echo: my name is Ann")

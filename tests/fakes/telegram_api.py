@@ -462,6 +462,8 @@ class FakeTelegram:
         self.errors: list[tuple[str, JSON, int, str]] = []
         """(method, params, error_code, description) for every failed call."""
         self.drafts: list[JSON] = []
+        # True: sendMessageDraft is refused, as for a bot whose drafts Telegram disabled.
+        self.refuse_drafts = False
         self.actions: list[JSON] = []
         self.documents: list[JSON] = []
         self.callback_answers: list[JSON] = []
@@ -1180,7 +1182,7 @@ class FakeTelegram:
 
     async def _send_message_draft(self, params: JSON) -> bool:
         chat = self._chat(params)
-        if chat["type"] != "private":
+        if chat["type"] != "private" or self.refuse_drafts:
             raise bad_request("TEXTDRAFT_PEER_INVALID")
         if not params.get("draft_id"):
             raise bad_request("draft_id must be non-zero")
