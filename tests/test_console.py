@@ -85,3 +85,61 @@ def test_export_is_written_to_a_file_and_logs_stay_out_of_the_chat(tmp_path: Pat
     # Log lines go to a file in the data dir, never between the chat's lines.
     assert " INFO " not in out and " INFO " not in done.stderr
     assert "palaver started" in (tmp_path / "data" / "palaver.log").read_text()
+
+
+def test_at_a_terminal_it_edits_lines_keeps_history_and_renders_replies(tmp_path: Path) -> None:
+    """The console on a pseudo-terminal: prompt_toolkit reads the lines (history kept in
+    the data dir), rich renders the reply."""
+    import pty
+    import select
+    import time
+
+    config = tmp_path / "palaver.toml"
+    config.write_text(f'[palaver]\ndata_dir = "{tmp_path / "data"}"\n')
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PALAVER_")}
+    for name in ("ANTHROPIC_API_KEY", "TELEGRAM_BOT_TOKEN", "DISCORD_BOT_TOKEN"):
+        environ.pop(name, None)
+    environ.update(TERM="xterm", COLUMNS="100", LINES="40", PROMPT_TOOLKIT_NO_CPR="1")
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "run.py", "--config", str(config), "console"],
+        cwd=ROOT,
+        stdin=follower,
+        stdout=follower,
+        stderr=subprocess.PIPE,
+        env=environ,
+        close_fds=True,
+    )
+    os.close(follower)
+    seen = b""
+
+    def read_until(marker: bytes, within: float = 60.0) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + within
+        while marker not in seen:
+            left = deadline - time.monotonic()
+            assert left > 0, f"{marker!r} never came; the terminal showed {seen[-2000:]!r}"
+            ready, _, _ = select.select([leader], [], [], left)
+            if ready:
+                try:
+                    seen += os.read(leader, 65536)
+                except OSError:  # the console exited
+                    break
+
+    try:
+        read_until(b"you>")
+        os.write(leader, b"hello there\r")
+        read_until(b"offline reply")
+        os.write(leader, b"/export\r")
+        read_until(b"Saved to")
+        seen = seen.partition(b"Saved to")[2]
+        read_until(b"you>")  # the prompt again
+        os.write(leader, b"\x04")  # Ctrl-D: the end
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        os.close(leader)
+    history = (tmp_path / "data" / "console_history").read_text()
+    assert "hello there" in history and "/export" in history
+    assert (tmp_path / "data" / "exports" / "palaver-console-conversation-1.md").exists()
