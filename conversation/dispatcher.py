@@ -57,6 +57,10 @@ BARE_MENTION = "Yes? Write your question in the same message."
 ALREADY_ANSWERED = "Already answered."
 SENT_PRIVATELY = "I've sent you the answer privately."
 ADMINS_ONLY = "Only the bot's admins can use that command."
+FRESH_START = (
+    "It's been a while, so this is a fresh conversation; I kept a summary of the last one "
+    "(/summary shows it)."
+)
 
 
 class Dispatcher:
@@ -383,6 +387,8 @@ class Dispatcher:
     ) -> None:
         """What each outcome of a turn says."""
         outcome = result.outcome
+        if result.fresh:
+            await port.send(FRESH_START)
         if outcome is Outcome.REPLIED and result.reply is not None:
             await self.outbox.deliver(inbound.key, result.reply, port, stream.finish)
         elif outcome is Outcome.REPLIED:

@@ -77,6 +77,7 @@ class TurnResult:
     session_id: int | None = None
     usage: Usage | None = None
     reply: StoredMessage | None = None  # the stored reply, owed to the chat until delivered
+    fresh: bool = False  # the chat's last session had expired: this one starts anew
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +224,12 @@ class Turn:
             model=profile.model,
         )
         return TurnResult(
-            Outcome.REPLIED, reply.text, session.id, reply.usage, stored_reply if owed else None
+            Outcome.REPLIED,
+            reply.text,
+            session.id,
+            reply.usage,
+            stored_reply if owed else None,
+            fresh=session.message_count == 0 and session.carried_summary is not None,
         )
 
     async def _failed(

@@ -525,3 +525,23 @@ async def test_status_shows_the_context_as_the_summary_trigger_counts_it(
     assert stats.context_tokens == round(raw.raw_tokens * 1.3)
     await core.handle(say("/status"), port)
     assert f"Context: {stats.context_tokens:,} of" in port.texts[-1]
+
+
+async def test_a_chat_whose_session_expired_is_told_it_starts_fresh_with_a_summary(
+    core: Dispatcher, manager: SessionManager
+) -> None:
+    from tests.test_lifecycle import quiet_for
+
+    port = RecordingPort()
+    await core.handle(say("my dog is called Biscuit", message_id="1"), port)
+    old = await manager.find_by_chat(DM)
+    assert old is not None
+    await quiet_for(manager, old.id, manager.expire_after_s + 60)
+    await core.handle(say("hello again", message_id="2"), port)
+    assert port.texts[-2].startswith("It's been a while, so this is a fresh conversation")
+    assert port.texts[-1] == "echo: hello again"
+    new = await manager.find_by_chat(DM)
+    assert new is not None and new.id != old.id and new.carried_summary
+    await core.handle(say("and now?", message_id="3"), port)
+    assert port.texts[-1] == "echo: and now?"
+    assert not any(t.startswith("It's been") for t in port.texts[-2:])
