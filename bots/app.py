@@ -12,6 +12,7 @@ import gc
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import anthropic
 
@@ -37,6 +38,9 @@ from memory.manager import SessionManager
 from memory.store import Store
 from memory.summarizer import Summarizer
 from memory.tokens import TokenCounter
+
+if TYPE_CHECKING:
+    from bots.http_server import OperatorServer
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,7 @@ class Palaver:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._wiring: Wiring | None = None
+        self.operator: OperatorServer | None = None  # the HTTP API, when [http] is enabled
 
     @property
     def wiring(self) -> Wiring:
@@ -134,6 +139,13 @@ class Palaver:
             outbox=Outbox(manager, config.memory.expire_after_s),
         )
         self._wiring = Wiring(database, manager, agent, turn, dispatcher, client)
+        if config.http.enabled:
+            from bots.http_server import OperatorServer  # aiohttp's server: loaded when on
+
+            token = config.secrets.palaver_admin_token
+            secret = token.get_secret_value() if token else None
+            exports = config.palaver.data_dir / "exports"
+            self.operator = OperatorServer(config.http, secret, dispatcher, exports)
         log.info("palaver started: database %s, agent %s", database.reader.dialect.name, agent.name)
 
     async def stop(self) -> None:
@@ -174,7 +186,10 @@ class Palaver:
 
             interfaces.append(
                 TelegramBot(
-                    self.config.telegram, telegram_token.get_secret_value(), self.dispatcher
+                    self.config.telegram,
+                    telegram_token.get_secret_value(),
+                    self.dispatcher,
+                    trace=self.operator.metrics.trace("telegram") if self.operator else None,
                 )
             )
         discord_token = self.config.secrets.discord_bot_token
@@ -182,8 +197,15 @@ class Palaver:
             from bots.discord_bot import DiscordBot  # discord.py is loaded only when configured
 
             interfaces.append(
-                DiscordBot(self.config.discord, discord_token.get_secret_value(), self.dispatcher)
+                DiscordBot(
+                    self.config.discord,
+                    discord_token.get_secret_value(),
+                    self.dispatcher,
+                    trace=self.operator.metrics.trace("discord") if self.operator else None,
+                )
             )
+        if self.operator is not None:
+            interfaces.append(self.operator.watch(interfaces))
         return interfaces
 
     def startup_hint(self) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 from agents.base import Agent, AgentError, AgentReply, AgentRequest, PromptTooLong, TextDelta
 from agents.settings import SpendSettings
 from conversation.access import Actor
+from conversation.metering import TurnObserver, measure, timed_model
 from conversation.settings import AgentSettings
 from memory.errors import PalaverError
 from memory.manager import SessionManager
@@ -101,6 +102,7 @@ class Turn:
         self.agent = agent
         self.settings = settings
         self.spend = spend or SpendSettings(user_daily_usd=0, session_usd=0)
+        self.observers: list[TurnObserver] = []  # told of every turn (conversation.metering)
 
     def profile(self, project: Project | None) -> Profile:
         limit = (project and project.token_limit) or self.manager.default_token_limit
@@ -116,6 +118,12 @@ class Turn:
     async def handle(
         self, question: Question, *, on_progress: ProgressSink | None = None
     ) -> TurnResult:
+        if self.observers:
+            turn = self._handle(question, on_progress)
+            return await measure(self.observers, question.key.interface, turn)
+        return await self._handle(question, on_progress)
+
+    async def _handle(self, question: Question, on_progress: ProgressSink | None) -> TurnResult:
         try:
             # 1. resolve the session: the chat's own, or its active project's (read fresh,
             #    so a project's edited settings count from the next turn on).
@@ -242,7 +250,7 @@ class Turn:
         )
         reply: AgentReply | None = None
         text = ""
-        async for event in self.agent.stream(request):
+        async for event in timed_model(self.agent.stream(request)):
             if isinstance(event, TextDelta):
                 text += event.text
                 if on_progress is not None:

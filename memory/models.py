@@ -282,3 +282,15 @@ class CodeTranscriptSessionRow(Base):
     session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     mtime_ms: Mapped[int] = mapped_column(BigInteger)
     summary: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class SessionImportRow(Base):
+    """A session restored from an export, by the export's fingerprint: importing the
+    same export again finds it here and changes nothing."""
+
+    __tablename__ = "session_imports"
+    __table_args__ = (Index("ix_session_imports_session", "session_id"),)
+
+    origin: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[int] = mapped_column(BigId, ForeignKey("sessions.id", ondelete="CASCADE"))
+    imported_at: Mapped[datetime]
