@@ -4,6 +4,7 @@ jobs, and the OpenAPI document checked against the routes. SQLite and PostgreSQL
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -17,9 +18,11 @@ from bots.http_auth import UnsafeBinding
 from bots.http_openapi import document
 from bots.http_server import OperatorServer
 from bots.http_settings import HttpSettings
+from conversation.delivery import MISSED
+from conversation.dispatcher import RESTARTING
 from conversation.settings import AccessSettings
 from memory.manager import SessionManager
-from memory.types import ChatKey, Role
+from memory.types import ChatKey, Delivery, Role, StoredMessage
 from tests.core import make_dispatcher
 from tests.operator_surface import AUTH, TOKEN, Echo, Surface, start_surface, stop_surface
 
@@ -356,3 +359,32 @@ async def test_a_large_body_is_refused(manager: SessionManager, tmp_path: Path) 
 async def test_the_client_session_is_closed_by_stop(surface: Surface) -> None:
     assert isinstance(surface.http, aiohttp.ClientSession)
     assert TOKEN not in repr(surface.server.token)
+
+
+async def failed(manager: SessionManager, since: datetime) -> list[StoredMessage]:
+    return [m for m in await manager.owed(since) if m.delivery is Delivery.FAILED]
+
+
+async def test_a_reply_owed_after_a_restart_is_streamed_on_the_chat_s_next_message(
+    manager: SessionManager, tmp_path: Path
+) -> None:
+    first = await start_surface(manager, tmp_path / "1")
+    await first.dispatcher.drain(1.0)  # shutting down: a message is kept for later
+    events = await first.chat("desk-9", "are you there?", message_id="q-1")
+    assert events[0] == ("message", {"text": RESTARTING, "markdown": False})
+    await stop_surface(first)
+
+    second = await start_surface(manager, tmp_path / "2")
+    try:
+        assert await second.dispatcher.resume({"api": second.server.api}) == 1
+        # Answered, but no client holds the chat open: kept, marked undeliverable.
+        async with asyncio.timeout(10):
+            while not await failed(manager, second.dispatcher.outbox.since()):  # noqa: ASYNC110
+                await asyncio.sleep(0.02)  # a row in the database: nothing to wait on
+        events = await second.chat("desk-9", "hello again")
+        texts = [data["text"] for name, data in events if name == "message"]
+        assert f"{MISSED}\n\necho: are you there?" in texts
+        assert "echo: hello again" in texts
+        assert await manager.owed(second.dispatcher.outbox.since()) == []
+    finally:
+        await stop_surface(second)
