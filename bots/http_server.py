@@ -28,7 +28,7 @@ from bots.live_events import JobRunView, LiveEvents
 from bots.metrics import CONTENT_TYPE, Metrics
 from conversation.dispatcher import Dispatcher
 from conversation.importing import ImportRefused
-from conversation.operations import InvalidRequest, Operations
+from conversation.operations import Operations
 from conversation.outbound import Interface
 from memory.errors import (
     InvalidMessage,
@@ -56,6 +56,7 @@ class Readiness(Protocol):
 
 
 def _status_of(error: PalaverError) -> int:
+    """The status of an expected failure; anything else the caller sent is a 400."""
     if isinstance(error, SessionNotFound | ProjectNotFound):
         return 404
     if isinstance(error, SessionNotOpen):
@@ -64,8 +65,6 @@ def _status_of(error: PalaverError) -> int:
         return 503
     if isinstance(error, ImportRefused | InvalidMessage):
         return 422
-    if isinstance(error, InvalidRequest):
-        return 400
     return 400
 
 
