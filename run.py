@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -19,8 +20,12 @@ from bots import admin_cli
 from bots.app import Palaver, freeze_startup_heap
 from bots.config import Config, ConfigError, load_config, render_config
 from bots.console import Console
+from bots.redaction import Redactor
 from conversation.outbound import Interface
 from memory.errors import PalaverError
+from memory.private_files import private_dir, private_file
+
+log = logging.getLogger("palaver")
 
 
 async def serve(config: Config, *, console_only: bool) -> int:
@@ -30,11 +35,12 @@ async def serve(config: Config, *, console_only: bool) -> int:
     finish for ``shutdown_grace_s`` (then cancels them; their messages are kept and
     answered after the restart), the interfaces close, and memory is flushed.
     """
+    redactor = Redactor.for_config(config)
     app = Palaver(config)
     try:
         await app.start()
     except PalaverError as error:
-        print(f"palaver: cannot start: {error}", file=sys.stderr)
+        print(f"palaver: cannot start: {redactor.redact(str(error))}", file=sys.stderr)
         return 1
     interfaces: list[Interface] = [] if console_only else app.build_interfaces()
     started: list[Interface] = []
@@ -61,7 +67,7 @@ async def serve(config: Config, *, console_only: bool) -> int:
             await stop.wait()
             print("palaver: stopping", flush=True)
     except PalaverError as error:
-        print(f"palaver: cannot start: {error}", file=sys.stderr)
+        print(f"palaver: cannot start: {redactor.redact(str(error))}", file=sys.stderr)
         return 1
     finally:
         await app.close_interfaces(started, config.palaver.shutdown_grace_s)
@@ -76,10 +82,8 @@ def configure_logging(config: Config, *, console: bool) -> None:
     if not console:
         logging.basicConfig(level=config.palaver.log_level, format=formatter, stream=sys.stderr)
         return
-    data_dir = config.palaver.data_dir
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = data_dir / "palaver.log"
-    path.touch(mode=0o600, exist_ok=True)
+    private_dir(config.palaver.data_dir)
+    path = private_file(config.palaver.data_dir / "palaver.log")
     logging.basicConfig(level=config.palaver.log_level, format=formatter, filename=path)
 
 
@@ -93,25 +97,36 @@ def main(argv: list[str] | None = None) -> int:
         "command", nargs="?", default="run", choices=["run", "console", "check-config"]
     )
     args = parser.parse_args(arguments)
+    # Secrets come only from the environment: redact them from anything written,
+    # a bad configuration's own lines included.
+    redactor = Redactor.from_environ(os.environ)
     try:
         config = load_config(args.config)
     except ConfigError as error:
-        print(f"palaver: {error}", file=sys.stderr)
+        for line in str(error).splitlines():
+            print(f"palaver: {redactor.redact(line)}", file=sys.stderr)
         return 2
-    if args.command == "check-config":
-        print(render_config(config))
-        return 0
     secrets = config.secrets
     console = args.command == "console" or not (
         secrets.telegram_bot_token or secrets.discord_bot_token
     )
-    configure_logging(config, console=console)
-    for note in config.notes:
-        logging.getLogger("palaver").warning("config: %s", note)
-    try:
-        return asyncio.run(serve(config, console_only=args.command == "console"))
-    except KeyboardInterrupt:
-        return 130
+    if args.command != "check-config":
+        configure_logging(config, console=console)
+    redactor = Redactor.for_config(config)
+    with redactor.installed():
+        for note in config.notes:
+            log.warning("config: %s", note)
+        if args.command == "check-config":
+            print(redactor.redact(render_config(config)))
+            return 0
+        try:
+            return asyncio.run(serve(config, console_only=args.command == "console"))
+        except KeyboardInterrupt:
+            return 130
+        except Exception:
+            # Logged, not left to the interpreter to print: the record is redacted.
+            log.critical("palaver stopped by an unexpected error", exc_info=True)
+            return 1
 
 
 if __name__ == "__main__":

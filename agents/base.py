@@ -30,25 +30,39 @@ class TextDelta:
 
 @dataclass(frozen=True, slots=True)
 class AgentReply:
-    """The end of a stream: the whole text and what the call cost."""
+    """The end of a stream: the whole text and what the call cost.
+
+    ``usage`` is everything this reply was charged, failed attempts before it
+    included; ``prompt_tokens`` is the prompt as the API counted it for the attempt
+    that answered (input + cache reads + cache writes), the sample for calibration.
+    """
 
     text: str
     usage: Usage | None
     model: str
     estimated_input_tokens: int = 0
+    prompt_tokens: int | None = None
 
 
 AgentEvent = TextDelta | AgentReply
 
 
 class AgentError(Exception):
-    """An expected failure; ``user_message`` is what the chat user is told."""
+    """An expected failure; ``user_message`` is what the chat user is told.
 
-    def __init__(self, user_message: str, *, kind: str, detail: str = "") -> None:
+    ``usage`` is what the failed call was charged all the same (priced): an answer
+    that broke off midway, attempts that timed out after the API had begun. The
+    turn records it so that the spend caps count it; None when nothing was.
+    """
+
+    def __init__(
+        self, user_message: str, *, kind: str, detail: str = "", usage: Usage | None = None
+    ) -> None:
         super().__init__(detail or user_message)
         self.user_message = user_message
         self.kind = kind
         self.detail = detail
+        self.usage = usage
 
 
 class PromptTooLong(AgentError):

@@ -5,6 +5,12 @@ with a ``cache_control`` breakpoint at its end, and a second breakpoint at the e
 of the history, so that each turn reads everything up to the previous turn from
 Claude's prompt cache. Retries are ours, not the SDK's, so that every attempt is
 bounded, honours retry-after, and never repeats text already streamed to a chat.
+
+Every attempt is charged for what the API reported or sent, failed ones too: input
+from message_start, output from the last message_delta or, when the stream broke
+before it, counted from the text received. Retried attempts add to the reply's
+usage; a call that gives up carries its cost on the AgentError. An attempt that
+failed before the API said a word is charged nothing, for nothing was reported.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import re
 from collections.abc import AsyncIterator
 
 import anthropic
+import httpx2
 from anthropic.types import (
     CacheControlEphemeralParam,
     MessageParam,
@@ -33,12 +40,25 @@ from agents.base import (
 )
 from agents.pricing import Pricing
 from agents.settings import ClaudeSettings
+from memory.tokens import TokenCounter
 from memory.types import Context, Role, Usage
 
 log = logging.getLogger(__name__)
 
 EPHEMERAL: CacheControlEphemeralParam = {"type": "ephemeral"}
 _TOO_LONG = re.compile(r"prompt is too long: (\d+) tokens")
+# An error event inside a streamed answer arrives on a 200 response: its status is
+# the one the API gives that error type when it answers with an error outright.
+_ERROR_EVENT_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "overloaded_error": 529,
+}
 
 
 def build_request(context: Context) -> tuple[list[TextBlockParam], list[MessageParam]]:
@@ -66,6 +86,15 @@ def _message(role: Role, block: TextBlockParam) -> MessageParam:
     return {"role": "user", "content": [block]}
 
 
+def _status(error: anthropic.APIStatusError) -> int:
+    """The HTTP status, or for an error event mid-stream the one its type stands for."""
+    if error.status_code != 200 or not isinstance(error.body, dict):
+        return error.status_code
+    detail = error.body.get("error")
+    kind = detail.get("type") if isinstance(detail, dict) else None
+    return _ERROR_EVENT_STATUS.get(str(kind), 500)
+
+
 def _retry_after(error: anthropic.APIStatusError) -> float | None:
     value: str | None = error.response.headers.get("retry-after")
     try:
@@ -80,6 +109,7 @@ class _Accumulated:
     def __init__(self, model: str) -> None:
         self.model = model
         self.parts: list[str] = []
+        self.started = False  # message_start came: the API has counted the prompt
         self.streamed = False
         self.stop_reason: str | None = None
         self.input_tokens = 0
@@ -95,6 +125,7 @@ class _Accumulated:
                 self.parts.append(event.delta.text)
                 return event.delta.text
         elif event.type == "message_start":
+            self.started = True
             message = event.message
             self.model = message.model
             self.input_tokens = message.usage.input_tokens
@@ -122,16 +153,38 @@ class _Accumulated:
             cache_write_tokens=self.cache_write_tokens,
         )
 
+    def charged(self, tokens: TokenCounter) -> Usage:
+        """What an attempt that failed cost: as reported, output counted from the text
+        received when the stream broke before the last message_delta."""
+        if not self.started:
+            return Usage()
+        usage = self.usage()
+        if self.stop_reason is None:  # no message_delta: only message_start's count
+            output = max(self.output_tokens, tokens.count("".join(self.parts)))
+            usage = Usage(
+                usage.input_tokens, output, usage.cache_read_tokens, usage.cache_write_tokens
+            )
+        return usage
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.input_tokens + self.cache_read_tokens + self.cache_write_tokens
+
 
 class ClaudeAgent:
     name = "claude"
 
     def __init__(
-        self, client: anthropic.AsyncAnthropic, settings: ClaudeSettings, pricing: Pricing
+        self,
+        client: anthropic.AsyncAnthropic,
+        settings: ClaudeSettings,
+        pricing: Pricing,
+        tokens: TokenCounter | None = None,
     ) -> None:
         self._client = client
         self._settings = settings
         self._pricing = pricing
+        self._tokens = tokens or TokenCounter()  # output of a broken stream, estimated
         self._auth_logged = False
 
     def stream(self, request: AgentRequest) -> AsyncIterator[AgentEvent]:
@@ -140,6 +193,7 @@ class ClaudeAgent:
     async def _stream(self, request: AgentRequest) -> AsyncIterator[AgentEvent]:
         system, messages = build_request(request.context)
         attempt = 0
+        failed = Usage()  # what the failed attempts so far were charged, unpriced
         while True:
             reply = _Accumulated(request.model)
             try:
@@ -158,24 +212,43 @@ class ClaudeAgent:
                         text = reply.add(event)
                         if text:
                             yield TextDelta(text)
-            except anthropic.APIStatusError as error:
-                wait = self._classify_status(error, attempt, reply.streamed)
-            except (anthropic.APITimeoutError, anthropic.APIConnectionError) as error:
-                wait = self._classify_network(error, attempt, reply.streamed)
+            except (anthropic.APIStatusError, anthropic.APIConnectionError) as error:
+                failed += reply.charged(self._tokens)
+                wait = self._retry_or_raise(error, attempt, reply.streamed, request, failed)
+            except httpx2.RequestError as error:
+                # Once the response has begun, the SDK hands its transport's errors on
+                # as they are: a connection cut or a read timeout in the middle.
+                failed += reply.charged(self._tokens)
+                wait = self._retry_or_raise(error, attempt, reply.streamed, request, failed)
             else:
                 text = "".join(reply.parts)
                 if reply.stop_reason == "max_tokens":
                     text += "\n\n(The answer was cut off at the length limit.)"
                 yield AgentReply(
                     text,
-                    self._pricing.priced(request.model, reply.usage()),
+                    self._pricing.priced(request.model, failed + reply.usage()),
                     reply.model,
                     request.context.estimated_tokens,
+                    reply.prompt_tokens,
                 )
                 return
             attempt += 1
             log.warning("Claude call failed (attempt %d); retrying in %.1f s", attempt, wait)
             await asyncio.sleep(wait)
+
+    def _retry_or_raise(
+        self, error: Exception, attempt: int, streamed: bool, request: AgentRequest, failed: Usage
+    ) -> float:
+        """Seconds to wait before the next attempt, or the AgentError for the user,
+        carrying what the failed attempts were charged."""
+        try:
+            if isinstance(error, anthropic.APIStatusError):
+                return self._classify_status(error, attempt, streamed)
+            return self._classify_network(error, attempt, streamed)
+        except AgentError as give_up:
+            if failed != Usage():
+                give_up.usage = self._pricing.priced(request.model, failed)
+            raise
 
     def _backoff(self, attempt: int) -> float:
         base: float = self._settings.retry_base_delay_s * 2.0**attempt
@@ -185,7 +258,7 @@ class ClaudeAgent:
         self, error: anthropic.APIStatusError, attempt: int, streamed: bool
     ) -> float:
         """Seconds to wait before retrying, or raise AgentError for the user."""
-        status = error.status_code
+        status = _status(error)
         if status == 401 or status == 403:
             if not self._auth_logged:
                 self._auth_logged = True
@@ -253,13 +326,24 @@ class ClaudeAgent:
         )
 
     def _classify_network(self, error: Exception, attempt: int, streamed: bool) -> float:
-        timeout = isinstance(error, anthropic.APITimeoutError)
-        if streamed or attempt >= self._settings.max_retries:
+        timeout = isinstance(error, anthropic.APITimeoutError | httpx2.TimeoutException)
+        if timeout and (streamed or attempt >= self._settings.max_retries):
             raise AgentError(
-                "Claude took too long to answer. Your message is saved; please try again."
-                if timeout
-                else "I couldn't connect to Claude. Your message is saved; please try again.",
-                kind="timeout" if timeout else "connection",
+                "Claude took too long to answer. Your message is saved; please try again.",
+                kind="timeout",
+                detail=type(error).__name__,
+            )
+        if streamed:
+            raise AgentError(
+                "The answer broke off midway (the connection to Claude was cut). Your "
+                "message is saved; please ask again.",
+                kind="stream_broken",
+                detail=f"{type(error).__name__}: {error}"[:300],
+            )
+        if attempt >= self._settings.max_retries:
+            raise AgentError(
+                "I couldn't connect to Claude. Your message is saved; please try again.",
+                kind="connection",
                 detail=type(error).__name__,
             )
         return self._backoff(attempt)

@@ -24,6 +24,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,9 @@ class NullPort:
         return None
 
     async def send_file(self, file: OutboundFile, caption: str) -> None:
+        return None
+
+    async def offer(self, text: str, choices: Sequence[tuple[str, str]]) -> None:
         return None
 
     def stream(self) -> ReplyStream:

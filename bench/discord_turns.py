@@ -55,8 +55,9 @@ from bench.turns import ClosedLoop, SleepAgent, TimedAgent, TurnTimer, measure, 
 from bots.app import Palaver
 from bots.config import Config, DiscordSettings, PalaverSettings, Secrets
 from bots.discord_bot import DiscordBot
+from conversation.code_turn import ProgressSink
 from conversation.settings import AccessSettings, RateLimitSettings
-from conversation.turn import Outcome, ProgressSink, Question, TurnResult
+from conversation.turn import Outcome, Question, TurnResult
 from memory.settings import DatabaseSettings
 from memory.types import Role
 from tests.fakes.anthropic_api import JSON, FakeAnthropic

@@ -31,6 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bots.config import Config, ConfigError, load_config
+from bots.redaction import Redactor
 from conversation.operations import Operations, session_id_of
 from memory.database import migrate, open_database
 from memory.errors import PalaverError
@@ -91,13 +92,15 @@ def main(argv: Sequence[str]) -> int:
         return 2
     out = Console(soft_wrap=False)
     err = Console(stderr=True)
-    try:
-        return asyncio.run(_with_operations(config, lambda ops: _dispatch(args, ops, out, err)))
-    except PalaverError as error:
-        err.print(f"palaver: {error}", markup=False, highlight=False)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    redactor = Redactor.for_config(config)
+    with redactor.installed():
+        try:
+            return asyncio.run(_with_operations(config, lambda ops: _dispatch(args, ops, out, err)))
+        except PalaverError as error:
+            err.print(f"palaver: {redactor.redact(str(error))}", markup=False, highlight=False)
+            return 1
+        except KeyboardInterrupt:
+            return 130
 
 
 async def _with_operations(

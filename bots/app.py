@@ -18,17 +18,21 @@ import anthropic
 
 from agents.base import Agent
 from agents.claude import ClaudeAgent
+from agents.claude_code import ClaudeCodeAgent, claude_config_dir
 from agents.claude_summarizer import ClaudeSummarizer
 from agents.offline import OfflineAgent
 from agents.pricing import Pricing
 from bots.config import Config
 from conversation.access import AccessPolicy
+from conversation.approvals import Approvals
 from conversation.attachments import AttachmentReader
+from conversation.code_turn import CodeTurns
 from conversation.commands import BuiltinCommands
 from conversation.delivery import Outbox
 from conversation.dispatcher import Dispatcher
 from conversation.ordering import ChatLanes
 from conversation.outbound import Interface
+from conversation.projects import ProjectCommands
 from conversation.ratelimit import RateLimiter
 from conversation.registry import Registry
 from conversation.turn import Turn
@@ -66,6 +70,7 @@ class Wiring:
     turn: Turn
     dispatcher: Dispatcher
     client: anthropic.AsyncAnthropic | None
+    code: CodeTurns
 
 
 class Palaver:
@@ -114,6 +119,25 @@ class Palaver:
         agent = ClaudeAgent(client, settings, Pricing(settings))
         return agent, ClaudeSummarizer(client, settings), client
 
+    def build_claude_code(self, manager: SessionManager) -> ClaudeCodeAgent | None:
+        """The Claude Code agent for projects, when ANTHROPIC_API_KEY is set. Its CLI
+        gets the key in its environment (never its arguments), its own config dir in
+        the data dir, and resumes sessions from Palaver's database."""
+        key = self.config.secrets.anthropic_api_key
+        if key is None:
+            return None
+        config = self.config
+        config.projects_root.mkdir(parents=True, exist_ok=True)
+        return ClaudeCodeAgent(
+            config.claude_code,
+            config_dir=claude_config_dir(config.claude_code, config.palaver.data_dir),
+            projects_root=config.projects_root,
+            transcripts=manager.transcripts,
+            api_key=key.get_secret_value(),
+            base_url=config.claude.base_url or None,
+            pricing=Pricing(config.claude),
+        )
+
     async def start(self) -> None:
         """Open and migrate the database, then build the memory and the turn."""
         config = self.config
@@ -126,19 +150,25 @@ class Palaver:
         except BaseException:
             await database.dispose()
             raise
-        turn = Turn(manager, agent, config.agent, config.spend)
+        code = CodeTurns(
+            manager, self.build_claude_code(manager), config.projects_root, config.agent.model
+        )
+        turn = Turn(manager, agent, config.agent, config.spend, code)
         registry = Registry()
         BuiltinCommands(registry, manager, turn, config.palaver.data_dir / "exports").register()
+        ProjectCommands(registry, manager, code, config.projects_root).register()
+        access = AccessPolicy(config.access)
         dispatcher = Dispatcher(
             turn=turn,
             registry=registry,
-            access=AccessPolicy(config.access),
+            access=access,
             limiter=RateLimiter(config.rate_limit),
             reader=AttachmentReader(config.attachments),
             lanes=ChatLanes(config.palaver.max_concurrent_turns),
             outbox=Outbox(manager, config.memory.expire_after_s),
+            approvals=Approvals(access, config.claude_code.approval_timeout_s),
         )
-        self._wiring = Wiring(database, manager, agent, turn, dispatcher, client)
+        self._wiring = Wiring(database, manager, agent, turn, dispatcher, client, code)
         if config.http.enabled:
             from bots.http_server import OperatorServer  # aiohttp's server: loaded when on
 
@@ -154,6 +184,7 @@ class Palaver:
             return
         wiring, self._wiring = self._wiring, None
         try:
+            await wiring.code.close()
             await wiring.manager.close()
         finally:
             if wiring.client is not None:

@@ -8,10 +8,12 @@ it alone is longer than the limit; then every piece is closed with a fence and t
 one reopens it with the same info string (```py), so each message renders on its own
 and no formatting is ever left open across a cut.
 
-The splitter works on the Markdown source. Rendering Markdown to a platform's markup
-only removes characters from what the reader sees (markers, link targets), so a chunk
-whose source fits also fits once rendered, and also fits when it is sent as plain text
-because the platform rejected the rendered form.
+The splitter works on the Markdown source, in time linear in its length (it runs on the
+event loop, on every streamed draft). Rendering Markdown to a platform's markup mostly
+removes characters from what the reader sees (markers, link targets), and a renderer
+never makes a chunk that fits the limit longer than the limit (bots.telegram_format), so
+a chunk whose source fits also fits once rendered, and also fits when it is sent as
+plain text because the platform rejected the rendered form.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 Measure = Callable[[str], int]
-"""Length of a text in the platform's unit; must be additive: m(a + b) == m(a) + m(b)."""
+"""Length of a text in the platform's unit; must be additive, m(a + b) == m(a) + m(b),
+and at least one per character."""
 
 TELEGRAM_LIMIT = 4096
 DISCORD_LIMIT = 2000
@@ -31,8 +34,9 @@ _FENCE = re.compile(r"^ {0,3}(?P<fence>`{3,}|~{3,})(?P<info>[^`]*)$")
 
 
 def utf16_len(text: str) -> int:
-    """Length in UTF-16 code units, the unit of Telegram's limits."""
-    return len(text) + sum(1 for c in text if ord(c) > 0xFFFF)
+    """Length in UTF-16 code units, the unit of Telegram's limits (a lone surrogate,
+    which Python strings may hold, counts as one)."""
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
 
 
 def fence_opener(line: str) -> str | None:
@@ -110,19 +114,32 @@ def _blocks(text: str) -> list[_Block]:
 
 def _hard_cut(text: str, limit: int, measure: Measure) -> Iterator[str]:
     """Pieces of at most ``limit``; used only for a word longer than a whole message."""
-    while text:
-        if measure(text) <= limit:
-            yield text
-            return
-        low, high = 1, len(text)  # the longest prefix that fits (binary search)
-        while low < high:
-            mid = (low + high + 1) // 2
-            if measure(text[:mid]) <= limit:
-                low = mid
-            else:
-                high = mid - 1
-        yield text[:low]
-        text = text[low:]
+    start = 0
+    while start < len(text):
+        end = start + _fitting(text[start : start + limit], limit, measure)
+        yield text[start:end]
+        start = end
+
+
+def _fitting(window: str, limit: int, measure: Measure) -> int:
+    """How many characters from the start of ``window`` fit in ``limit`` (at least one).
+
+    No character measures less than one unit, so a piece never has more than ``limit``
+    characters and ``window`` holds the longest one. Binary lifting finds its end while
+    measuring at most twice the window in all: the hard cut stays linear in the text.
+    """
+    if measure(window) <= limit:
+        return len(window)
+    count = size = 0
+    step = 1 << (len(window).bit_length() - 1)
+    while step:
+        if count + step <= len(window):
+            extra = measure(window[count : count + step])
+            if size + extra <= limit:
+                count += step
+                size += extra
+        step >>= 1
+    return max(count, 1)  # a character longer than the limit still goes, alone
 
 
 def _pack(units: list[str], joiner: str, limit: int, measure: Measure) -> list[str]:
@@ -196,7 +213,7 @@ def split_markdown(text: str, limit: int, measure: Measure = len) -> list[str]:
     if measure(text) <= limit:
         return [text]
     chunks: list[str] = []
-    current = ""
+    current: list[str] = []  # the pieces of the chunk being filled, and their separators
     size = 0
     for block in _blocks(text):
         whole = block.text
@@ -210,12 +227,16 @@ def split_markdown(text: str, limit: int, measure: Measure = len) -> list[str]:
             sep = block.sep if index == 0 else "\n"
             length = measure(piece)
             if current and size + measure(sep) + length <= limit:
-                current += sep + piece
+                current += (sep, piece)
                 size += measure(sep) + length
             else:
-                if current.strip():
-                    chunks.append(current)
-                current, size = piece, length
-    if current.strip():
-        chunks.append(current)
+                _flush(current, chunks)
+                current, size = [piece], length
+    _flush(current, chunks)
     return chunks
+
+
+def _flush(pieces: list[str], chunks: list[str]) -> None:
+    chunk = "".join(pieces)
+    if chunk.strip():
+        chunks.append(chunk)

@@ -11,15 +11,18 @@ printed: ``check-config`` masks them.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
-from agents.settings import ClaudeSettings, SpendSettings
+from agents.settings import ClaudeCodeSettings, ClaudeSettings, ProjectsSettings, SpendSettings
 from bots.http_settings import HttpSettings
 from conversation.settings import (
     AccessSettings,
@@ -35,7 +38,8 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
 
 
 class ConfigError(Exception):
-    """The configuration is invalid; the message names key, value and what is allowed."""
+    """The configuration is invalid: one line per bad value, each naming the key, the
+    value and what is allowed."""
 
 
 class _Section(BaseModel):
@@ -100,6 +104,8 @@ class Config(_Section):
     memory: MemorySettings = Field(default_factory=MemorySettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
     claude: ClaudeSettings = Field(default_factory=ClaudeSettings)
+    claude_code: ClaudeCodeSettings = Field(default_factory=ClaudeCodeSettings)
+    projects: ProjectsSettings = Field(default_factory=ProjectsSettings)
     spend: SpendSettings = Field(default_factory=SpendSettings)
     access: AccessSettings = Field(default_factory=AccessSettings)
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
@@ -111,6 +117,10 @@ class Config(_Section):
     source: Path | None = Field(None, exclude=True)
     # Keys that still work but have moved: said once at start, in the log.
     notes: list[str] = Field(default_factory=list, exclude=True)
+
+    @property
+    def projects_root(self) -> Path:
+        return Path(self.projects.root).expanduser()
 
     @property
     def database_url(self) -> str:
@@ -139,14 +149,113 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
         target[key] = _env_value(raw)
 
 
-def _format(error: ValidationError) -> str:
+_LEADING_KEY = re.compile(r"[a-z_]+ = ")
+_DATABASES = (
+    "use sqlite+aiosqlite:///path/to/file.db or postgresql+asyncpg://user@host/database "
+    "(empty: a SQLite file in palaver.data_dir)"
+)
+
+
+def _problem(key: str, value: Any, allowed: str) -> str:
+    return f"invalid configuration: {key} = {value!r}: {allowed}"
+
+
+def _format(error: ValidationError) -> list[str]:
+    """One line per error. A check across a section's keys names its first key in
+    its message ("summary_max_tokens = 500 must be ..."): that key gets the
+    section's name in front, as any other key would."""
     lines = []
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(config)"
+        message = item["msg"].removeprefix("Value error, ")
         value = item.get("input")
-        shown = "" if isinstance(value, dict) else f" = {value!r}"
-        lines.append(f"  {key}{shown}: {item['msg']}")
-    return "invalid configuration:\n" + "\n".join(lines)
+        if isinstance(value, dict) and _LEADING_KEY.match(message):
+            lines.append(f"invalid configuration: {key}.{message}")
+        elif isinstance(value, dict):
+            lines.append(f"invalid configuration: {key}: {message}")
+        else:
+            lines.append(_problem(key, value, message))
+    return lines
+
+
+def _masked_url(url: str) -> str:
+    """A database URL fit to show: its password starred, parsable or not."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def _http_url_problem(key: str, url: str, allowed: str) -> Iterator[str]:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        yield _problem(key, url, f"not an http:// or https:// URL; {allowed}")
+
+
+def _directory_problem(path: Path, creatable: bool) -> str | None:
+    """Why ``path`` cannot be (or, if ``creatable``, become) a directory, or None."""
+    if path.exists():
+        return None if path.is_dir() else f"{path} is not a directory"
+    if not creatable:
+        return f"the directory {path} does not exist; create it first"
+    if not path.parent.is_dir():
+        return (
+            f"its parent directory {path.parent} does not exist; create it first "
+            "(Palaver creates only the data directory itself)"
+        )
+    return None
+
+
+def _check(config: Config) -> list[str]:
+    """What the models cannot see: URLs that must parse, directories on this machine.
+
+    Only the data directory is ever created (0700, at start); a SQLite file
+    elsewhere needs an existing directory, so a mistyped path is refused here
+    instead of being built somewhere on the disk."""
+    problems: list[str] = []
+    data_dir = config.palaver.data_dir
+    why = _directory_problem(data_dir, creatable=True)
+    if why:
+        problems.append(_problem("palaver.data_dir", str(data_dir), why))
+    url = config.database.url
+    if url:
+        try:
+            parsed = make_url(url)
+        except (ArgumentError, ValueError):
+            parsed = None
+        if parsed is None:
+            problems.append(
+                _problem("database.url", _masked_url(url), f"not a database URL; {_DATABASES}")
+            )
+        elif parsed.drivername not in ("sqlite+aiosqlite", "postgresql+asyncpg"):
+            why = f"{parsed.drivername} is not supported; {_DATABASES}"
+            problems.append(_problem("database.url", _masked_url(url), why))
+        elif parsed.drivername == "sqlite+aiosqlite":
+            name = parsed.database or ""
+            if name and name != ":memory:" and not name.startswith("file:"):
+                folder = Path(name).absolute().parent
+                why = None
+                if folder != data_dir.absolute():  # the data directory is checked above
+                    why = _directory_problem(folder, creatable=False)
+                if why:
+                    problems.append(_problem("database.url", url, why))
+    if config.claude.base_url:
+        problems += _http_url_problem(
+            "claude.base_url",
+            config.claude.base_url,
+            "leave it empty for Anthropic's API, or give a gateway's, e.g. https://gateway.example",
+        )
+    for key in ("base_url", "base_file_url"):
+        problems += _http_url_problem(
+            f"telegram.{key}",
+            getattr(config.telegram, key),
+            "a Bot API server's, e.g. https://api.telegram.org/bot",
+        )
+    return problems
 
 
 def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
@@ -175,12 +284,17 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
     try:
         config = Config.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(_format(error)) from None
+        raise ConfigError("\n".join(_format(error))) from None
     base = path.resolve().parent
     if not config.palaver.data_dir.is_absolute():
         config.palaver.data_dir = base / config.palaver.data_dir
+    if not Path(config.projects.root).expanduser().is_absolute():
+        config.projects.root = str(base / config.projects.root)
     config.source = path
     config.notes = notes
+    problems = _check(config)
+    if problems:
+        raise ConfigError("\n".join(problems))
     return config
 
 

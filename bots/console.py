@@ -17,8 +17,9 @@ import getpass
 import shutil
 import sys
 import threading
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from rich.console import Console as RichConsole
 from rich.live import Live
@@ -93,6 +94,11 @@ class _LiveStream:
         self._live.update(Markdown(text))
         self._live.stop()
 
+    async def pause(self) -> None:
+        """Stop redrawing, so that a question can be asked below the reply so far."""
+        if self._live.is_started:
+            self._live.stop()
+
     async def close(self) -> None:
         if self._live.is_started:
             self._live.update("")
@@ -104,10 +110,19 @@ class ConsolePort:
 
     upload_limit = 1 << 40  # a file on the local disk
 
-    def __init__(self, out: TextIO, exports: Path, rich: RichConsole | None) -> None:
+    def __init__(
+        self,
+        out: TextIO,
+        exports: Path,
+        rich: RichConsole | None,
+        answer: Callable[[str, Sequence[tuple[str, str]]], Coroutine[Any, Any, None]],
+    ) -> None:
         self._out = out
         self._exports = exports
         self._rich = rich
+        self._answer = answer
+        self._asking: set[asyncio.Task[None]] = set()
+        self._live: _LiveStream | None = None
 
     async def send(self, text: str, *, markdown: bool = False) -> None:
         if self._rich is not None and markdown:
@@ -126,9 +141,20 @@ class ConsolePort:
         target.chmod(0o600)
         await self.send(f"{caption}\nSaved to {target}")
 
+    async def offer(self, text: str, choices: Sequence[tuple[str, str]]) -> None:
+        """A question at the terminal: the operator types the first letter of a choice."""
+        if self._live is not None:
+            await self._live.pause()
+        labels = " / ".join(f"[{label[0].lower()}]{label[1:]}" for label, _ in choices)
+        await self.send(f"{text}\n{labels}?")
+        task = asyncio.create_task(self._answer(text, choices))
+        self._asking.add(task)
+        task.add_done_callback(self._asking.discard)
+
     def stream(self) -> ReplyStream:
         if self._rich is not None:
-            return _LiveStream(self._rich)
+            self._live = _LiveStream(self._rich)
+            return self._live
         return _PlainStream(self._out)
 
     def private(self) -> Outbound | None:
@@ -158,7 +184,9 @@ class Console:
         self.actor = operator()
         self.interactive = self.stdin.isatty() and self.stdout.isatty()
         rich = RichConsole(file=self.stdout) if self.interactive else None
-        self.port = ConsolePort(self.stdout, data_dir / "exports", rich)
+        self.port = ConsolePort(self.stdout, data_dir / "exports", rich, self._answer)
+        self._lines: asyncio.Queue[str | None] = asyncio.Queue()
+        self._prompt: Any = None  # prompt_toolkit's session, at a terminal
 
     async def handle(self, text: str) -> None:
         await self.dispatcher.handle(Inbound(KEY, self.actor, text), self.port)
@@ -169,16 +197,35 @@ class Console:
         else:
             await self._run_piped()
 
+    async def _answer(self, question: str, choices: Sequence[tuple[str, str]]) -> None:
+        """Read the operator's answer to an ``offer`` (the next line) for the core."""
+        line = await self._read("> ")
+        typed = (line or "").strip().lower()
+        picked = next((data for label, data in choices if typed[:1] == label[0].lower()), None)
+        if picked is None:  # no answer (end of input) or not one of them: the last choice
+            picked = choices[-1][1]
+        await self.port.send(self.dispatcher.choose(KEY, self.actor, picked))
+
+    async def _read(self, prompt: str) -> str | None:
+        """The next line: from prompt_toolkit at a terminal, else from stdin's thread."""
+        if self._prompt is not None:
+            try:
+                line: str = await self._prompt.prompt_async(prompt)
+                return line
+            except (EOFError, KeyboardInterrupt):
+                return None
+        return await self._lines.get()
+
     async def _run_interactive(self) -> None:
         from prompt_toolkit import PromptSession
         from prompt_toolkit.history import FileHistory
 
         history = self.data_dir / "console_history"
-        history.touch(mode=0o600, exist_ok=True)
-        session: PromptSession[str] = PromptSession(history=FileHistory(str(history)))
+        await asyncio.to_thread(history.touch, mode=0o600, exist_ok=True)
+        self._prompt = PromptSession(history=FileHistory(str(history)))
         while True:
             try:
-                line = await session.prompt_async(PROMPT)
+                line = await self._prompt.prompt_async(PROMPT)
             except EOFError:
                 return
             except KeyboardInterrupt:
@@ -187,17 +234,17 @@ class Console:
                 await self.handle(line)
 
     async def _run_piped(self) -> None:
-        queue: asyncio.Queue[str | None] = asyncio.Queue()
         loop = asyncio.get_running_loop()
+        queue = self._lines
 
         def read() -> None:  # a daemon thread, so that quitting never waits for input
             for line in self.stdin:
-                loop.call_soon_threadsafe(queue.put_nowait, line)
-            loop.call_soon_threadsafe(queue.put_nowait, None)
+                loop.call_soon_threadsafe(queue.put_nowait, line.rstrip("\n"))
+            for _ in range(2):  # one for the loop, one for a question still open
+                loop.call_soon_threadsafe(queue.put_nowait, None)
 
         threading.Thread(target=read, name="console-stdin", daemon=True).start()
-        while (line := await queue.get()) is not None:
-            text = line.rstrip("\n")
+        while (text := await queue.get()) is not None:
             if text.strip():
                 self.stdout.write(PROMPT + text + "\n")
                 await self.handle(text)

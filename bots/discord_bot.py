@@ -37,7 +37,7 @@ from discord.utils import MISSING
 from bots.config import DiscordSettings
 from bots.discord_commands import build_tree
 from bots.discord_events import INTERFACE, actor_of, attachments_of, chat_key, readable_content
-from bots.discord_outbound import DELIVERY_ERRORS, ChannelPort, InteractionPort
+from bots.discord_outbound import DELIVERY_ERRORS, ChannelPort, InteractionPort, PortSettings
 from conversation.dispatcher import Dispatcher
 from conversation.inbound import Inbound
 from conversation.outbound import Outbound
@@ -123,6 +123,7 @@ class DiscordBot:
             http_trace=trace,
         )
         self.ready = asyncio.Event()
+        self.ports = PortSettings(settings.stream_edit_interval_s, self._pressed)
         self._runner: asyncio.Task[None] | None = None
         build_tree(self.client.tree, dispatcher.registry, self.on_slash, self._call_of)
         self._add_ask()
@@ -221,7 +222,7 @@ class DiscordBot:
             channel,
             question=question,
             author=None,
-            stream_interval=self.settings.stream_edit_interval_s,
+            settings=self.ports,
         )
 
     def is_private(self, key: ChatKey) -> bool:
@@ -288,8 +289,14 @@ class DiscordBot:
         except DELIVERY_ERRORS as error:
             log.warning("discord: could not acknowledge %s: %r", text[:40], error)
             return
-        port = InteractionPort(interaction, ephemeral, self.settings.stream_edit_interval_s)
+        port = InteractionPort(interaction, ephemeral, self.ports)
         await self.dispatcher.handle(inbound, port)
+
+    def _pressed(self, interaction: Interaction, data: str) -> tuple[str, bool]:
+        """A button of the core's ``offer``: answered at once, outside the chat's lane."""
+        key = chat_key(interaction.channel, interaction.channel_id)
+        said = self.dispatcher.choose(key, actor_of(interaction.user, interaction.channel), data)
+        return said, said.startswith(("Approved", "Denied"))
 
     # -- messages ------------------------------------------------------------------
 
@@ -325,7 +332,7 @@ class DiscordBot:
             message.channel,
             question=message if in_guild else None,
             author=message.author,
-            stream_interval=self.settings.stream_edit_interval_s,
+            settings=self.ports,
         )
         return inbound, port
 

@@ -17,7 +17,7 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from conversation.registry import Argument, Command, CommandCall, Registry
+from conversation.registry import Argument, Command, CommandCall, Completer, Registry
 
 Interaction = discord.Interaction[discord.Client]
 OnCall = Callable[[Interaction, str, str], Awaitable[None]]
@@ -96,20 +96,19 @@ def _slash(
         name=name, description=_describe(description), callback=callback
     )
     for slot, spec in zip(slots, arguments, strict=True):
-        complete = spec.complete
-        if complete is None:
-            continue
-
-        async def suggest(
-            interaction: Interaction,
-            current: str,
-            complete: Any = complete,
-        ) -> list[app_commands.Choice[str]]:
-            found = await complete(call_of(interaction), current)
-            return [app_commands.Choice(name=v[:100], value=v[:100]) for v in found[:25]]
-
-        command.autocomplete(slot)(suggest)
+        if spec.complete is not None:
+            command.autocomplete(slot)(_suggester(spec.complete, call_of))
     return command
+
+
+def _suggester(
+    complete: Completer, call_of: CallOf
+) -> Callable[[Interaction, str], Coroutine[Any, Any, list[app_commands.Choice[str]]]]:
+    async def suggest(interaction: Interaction, current: str) -> list[app_commands.Choice[str]]:
+        found = await complete(call_of(interaction), current)
+        return [app_commands.Choice(name=v[:100], value=v[:100]) for v in found[:25]]
+
+    return suggest
 
 
 def build_tree(

@@ -15,7 +15,8 @@ import asyncio
 import contextlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -49,16 +50,70 @@ def _file(file: OutboundFile) -> discord.File:
     return discord.File(file.path, filename=file.name)
 
 
+def _extra(file: discord.File | None, view: discord.ui.View | None) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    if file is not None:
+        extra["file"] = file
+    if view is not None:
+        extra["view"] = view
+    return extra
+
+
+# A button press: (the interaction, the button's data) -> what to show the presser, and
+# whether the question is settled (the buttons go).
+Press = Callable[[Interaction, str], tuple[str, bool]]
+
+
+@dataclass(frozen=True, slots=True)
+class PortSettings:
+    """What every port of one bot shares."""
+
+    stream_interval: float  # discord.stream_edit_interval_s
+    on_press: Press  # a button of ``offer`` was pressed: the core's Dispatcher.choose
+
+
+class _Choice(discord.ui.Button["Choices"]):
+    def __init__(self, label: str, data: str, on_press: Press, *, first: bool) -> None:
+        style = discord.ButtonStyle.success if first else discord.ButtonStyle.danger
+        super().__init__(label=label, style=style, custom_id=data)
+        self.data = data
+        self.on_press = on_press
+
+    async def callback(self, interaction: Interaction) -> None:
+        said, settled = self.on_press(interaction, self.data)
+        try:
+            if settled:
+                content = interaction.message.content if interaction.message else ""
+                await interaction.response.edit_message(content=f"{content}\n\n{said}", view=None)
+                if self.view is not None:
+                    self.view.stop()
+            else:
+                await interaction.response.send_message(said, ephemeral=True)
+        except DELIVERY_ERRORS as error:
+            log.info("discord: could not show the answer to a button: %r", error)
+
+
+class Choices(discord.ui.View):
+    """Buttons for one ``offer``; a press the core accepts takes them away."""
+
+    def __init__(self, choices: Sequence[tuple[str, str]], on_press: Press) -> None:
+        super().__init__(timeout=None)
+        for index, (label, data) in enumerate(choices):
+            self.add_item(_Choice(label, data, on_press, first=index == 0))
+
+
 class _Port(ABC):
     """What every Discord port shares: chunked text, files, the stream."""
 
     upload_limit = UPLOAD_LIMIT
 
-    def __init__(self, stream_interval: float) -> None:
-        self.stream_interval = stream_interval
+    def __init__(self, settings: PortSettings) -> None:
+        self.settings = settings
 
     @abstractmethod
-    async def _post(self, text: str, file: discord.File | None = None) -> Sent:
+    async def _post(
+        self, text: str, file: discord.File | None = None, view: discord.ui.View | None = None
+    ) -> Sent:
         """Post one message (of at most 2,000 characters) where this port writes."""
 
     async def send(self, text: str, *, markdown: bool = False) -> None:
@@ -74,7 +129,13 @@ class _Port(ABC):
             await self._post(chunks[-1], _file(file))
 
     def stream(self) -> ReplyStream:
-        return DiscordStream(self, self.stream_interval)
+        return DiscordStream(self, self.settings.stream_interval)
+
+    async def offer(self, text: str, choices: Sequence[tuple[str, str]]) -> None:
+        """Buttons under the message; a press is answered by ``on_press``."""
+        view = Choices(choices, self.settings.on_press)
+        async with delivery_errors():
+            await self._post(text, view=view)
 
     @abstractmethod
     async def typing(self) -> None:
@@ -90,15 +151,17 @@ class ChannelPort(_Port):
         *,
         question: discord.Message | discord.PartialMessage | None,
         author: discord.User | discord.Member | None,
-        stream_interval: float,
+        settings: PortSettings,
     ) -> None:
-        super().__init__(stream_interval)
+        super().__init__(settings)
         self.channel = channel
         self.question = question
         self.author = author
 
-    async def _post(self, text: str, file: discord.File | None = None) -> Sent:
-        extra: dict[str, Any] = {} if file is None else {"file": file}
+    async def _post(
+        self, text: str, file: discord.File | None = None, view: discord.ui.View | None = None
+    ) -> Sent:
+        extra = _extra(file, view)
         if self.question is not None:
             # The first message shows which one it answers; if the question was deleted
             # meanwhile, the answer still goes out, unattached.
@@ -117,7 +180,7 @@ class ChannelPort(_Port):
         guild = getattr(self.channel, "guild", None)
         if guild is None or self.author is None:
             return None
-        return DirectPort(self.author, self.stream_interval)
+        return DirectPort(self.author, self.settings)
 
     def private_hint(self, command: str) -> str:
         return (
@@ -129,13 +192,14 @@ class ChannelPort(_Port):
 class DirectPort(_Port):
     """The asker's DMs, for an answer only they may see."""
 
-    def __init__(self, user: discord.User | discord.Member, stream_interval: float) -> None:
-        super().__init__(stream_interval)
+    def __init__(self, user: discord.User | discord.Member, settings: PortSettings) -> None:
+        super().__init__(settings)
         self.user = user
 
-    async def _post(self, text: str, file: discord.File | None = None) -> Sent:
-        extra: dict[str, Any] = {} if file is None else {"file": file}
-        return await self.user.send(text, **extra)
+    async def _post(
+        self, text: str, file: discord.File | None = None, view: discord.ui.View | None = None
+    ) -> Sent:
+        return await self.user.send(text, **_extra(file, view))
 
     async def typing(self) -> None:
         """Nothing to show: the answer is ready when it is sent."""
@@ -150,15 +214,16 @@ class DirectPort(_Port):
 class InteractionPort(_Port):
     """A slash command's follow-ups: the first fills in its deferred "thinking..."."""
 
-    def __init__(self, interaction: Interaction, ephemeral: bool, stream_interval: float) -> None:
-        super().__init__(stream_interval)
+    def __init__(self, interaction: Interaction, ephemeral: bool, settings: PortSettings) -> None:
+        super().__init__(settings)
         self.interaction = interaction
         self.ephemeral = ephemeral
 
-    async def _post(self, text: str, file: discord.File | None = None) -> Sent:
-        extra: dict[str, Any] = {} if file is None else {"file": file}
+    async def _post(
+        self, text: str, file: discord.File | None = None, view: discord.ui.View | None = None
+    ) -> Sent:
         return await self.interaction.followup.send(
-            text, ephemeral=self.ephemeral, wait=True, **extra
+            text, ephemeral=self.ephemeral, wait=True, **_extra(file, view)
         )
 
     async def typing(self) -> None:
@@ -167,7 +232,7 @@ class InteractionPort(_Port):
     def private(self) -> Outbound | None:
         if self.ephemeral:
             return None
-        return InteractionPort(self.interaction, True, self.stream_interval)
+        return InteractionPort(self.interaction, True, self.settings)
 
     def private_hint(self, command: str) -> str:
         return f"Use /{command} again."

@@ -12,7 +12,11 @@ participant. The response is ``text/event-stream``:
     event: replace   data: {"text": "...the whole reply so far..."}   (the model restarted)
     event: message   data: {"text": "...", "markdown": true}          (a final text)
     event: file      data: {"name", "mime_type", "caption", "content_base64"}
+    event: offer     data: {"text", "choices": [{"label", "data"}]}  (e.g. a tool approval)
     event: done      data: {"session_id": 12}
+
+A choice is pressed with ``POST /api/chats/{chat}/choices`` ``{"user_id", "data"}``
+(while the request that offered it is still streaming); the answer says what it did.
 
 A reply stored while no client listens cannot be streamed: one owed after a restart
 (or whose client went away mid-turn) is kept, marked undeliverable, and is the
@@ -30,7 +34,8 @@ import logging
 import re
 import time
 import uuid
-from typing import Annotated, Any
+from collections.abc import Sequence
+from typing import Annotated, Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
@@ -53,6 +58,15 @@ DETACHED = (
 )
 
 
+class ChoiceRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    user_id: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    display_name: Annotated[str, StringConstraints(max_length=200)] | None = None
+    data: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    thread: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.@-]{1,100}$")] | None = None
+
+
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -64,6 +78,18 @@ class ChatRequest(BaseModel):
     message_id: Annotated[str, StringConstraints(min_length=1, max_length=100)] | None = None
     thread: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.@-]{1,100}$")] | None = None
     group: bool = False  # several participants: the model sees who said what
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _validated(model: type[_M], raw: bytes) -> _M:
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as error:
+        first = error.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise web.HTTPBadRequest(reason=f"{where}: {first['msg']}") from None
 
 
 def _event(name: str, data: dict[str, Any]) -> bytes:
@@ -111,6 +137,10 @@ class SsePort:
                 "content_base64": base64.b64encode(data).decode("ascii"),
             },
         )
+
+    async def offer(self, text: str, choices: Sequence[tuple[str, str]]) -> None:
+        listed = [{"label": label, "data": data} for label, data in choices]
+        await self.write("offer", {"text": text, "choices": listed})
 
     def stream(self) -> ReplyStream:
         return _SseStream(self)
@@ -172,6 +202,9 @@ class DetachedPort:
     async def send_file(self, file: OutboundFile, caption: str) -> None:
         raise Unreachable(DETACHED)
 
+    async def offer(self, text: str, choices: Sequence[tuple[str, str]]) -> None:
+        raise Unreachable(DETACHED)
+
     def stream(self) -> ReplyStream:
         return _DetachedStream()
 
@@ -228,12 +261,7 @@ class ApiInterface:
             raise web.HTTPBadRequest(
                 reason="chat must be 1-100 letters, digits or _ . @ - (no colons)"
             )
-        try:
-            body = ChatRequest.model_validate_json(await request.read())
-        except ValidationError as error:
-            first = error.errors(include_url=False)[0]
-            where = ".".join(str(p) for p in first["loc"]) or "body"
-            raise web.HTTPBadRequest(reason=f"{where}: {first['msg']}") from None
+        body = _validated(ChatRequest, await request.read())
         key = ChatKey(NAME, chat, body.thread)
         inbound = Inbound(
             key,
@@ -266,6 +294,18 @@ class ApiInterface:
         finally:
             port.close()
         return response
+
+    async def post_choice(self, request: web.Request) -> web.Response:
+        """A press of one of the choices an ``offer`` event showed."""
+        chat = request.match_info["chat"]
+        if not CHAT_ID.match(chat):
+            raise web.HTTPBadRequest(
+                reason="chat must be 1-100 letters, digits or _ . @ - (no colons)"
+            )
+        body = _validated(ChoiceRequest, await request.read())
+        key = ChatKey(NAME, chat, body.thread)
+        said = self.dispatcher.choose(key, Actor(NAME, body.user_id, body.display_name), body.data)
+        return web.json_response({"text": said})
 
     async def _missed_delivered(self, key: ChatKey) -> None:
         """Replies the chat missed are sent through this request's port in the

@@ -292,7 +292,7 @@ def document(version: str) -> dict[str, Any]:
                 "A turn in the API chat {chat}, the reply streamed as server-sent events",
                 {
                     "200": {
-                        "description": "events: delta, replace, message, file, done",
+                        "description": "events: delta, replace, message, file, offer, done",
                         "content": {"text/event-stream": {"schema": {"type": "string"}}},
                     }
                 },
@@ -303,6 +303,30 @@ def document(version: str) -> dict[str, Any]:
                 },
             )
         },
+    }
+    paths["/api/chats/{chat}/choices"] = {
+        "post": _op(
+            "Press a choice an offer event showed (a tool approval)",
+            {"200": _ok("what the press did", any_object)},
+            parameters=[_path("chat", "the chat's id")],
+            requestBody={
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["user_id", "data"],
+                            "properties": {
+                                "user_id": {"type": "string"},
+                                "display_name": {"type": ["string", "null"]},
+                                "data": {"type": "string"},
+                                "thread": {"type": ["string", "null"]},
+                            },
+                        }
+                    }
+                },
+            },
+        )
     }
     return {
         "openapi": "3.1.0",

@@ -137,6 +137,7 @@ class OperatorServer:
         app.add_routes(
             [
                 web.post("/api/chats/{chat}/messages", self.api.post_message),
+                web.post("/api/chats/{chat}/choices", self.api.post_choice),
                 web.get("/api/openapi.json", self.openapi, allow_head=False),
                 web.get("/healthz", self.healthz, allow_head=False),
                 web.get("/readyz", self.readyz, allow_head=False),

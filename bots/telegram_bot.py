@@ -28,7 +28,7 @@ import logging
 from typing import Any
 
 import aiohttp
-from telegram import BotCommand, BotCommandScopeChat, Update
+from telegram import BotCommand, BotCommandScopeChat, CallbackQuery, Message, Update
 from telegram.error import InvalidToken, TelegramError
 from telegram.ext import (
     Application,
@@ -178,7 +178,7 @@ class TelegramBot:
             await app.updater.start_polling(
                 poll_interval=0.0,
                 timeout=dtm.timedelta(seconds=self.settings.poll_timeout_s),
-                allowed_updates=[Update.MESSAGE, Update.EDITED_MESSAGE],
+                allowed_updates=[Update.MESSAGE, Update.EDITED_MESSAGE, Update.CALLBACK_QUERY],
             )
         except BaseException:
             if app.running:
@@ -247,10 +247,29 @@ class TelegramBot:
     # -- updates --------------------------------------------------------------------------------
 
     async def _on_update(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        if update.callback_query is not None:
+            await self._on_press(update.callback_query)
+            return
         translated = self.updates.translate(update)
         if translated is not None:
             inbound, target = translated
             await self.dispatcher.handle(inbound, TelegramPort(self, target))
+
+    async def _on_press(self, query: CallbackQuery) -> None:
+        """A button of the core's ``offer``: answered at once, outside the chat's lane."""
+        pressed = self.updates.press(query)
+        if pressed is None:
+            await query.answer()
+            return
+        key, actor, data = pressed
+        said = self.dispatcher.choose(key, actor, data)
+        try:
+            await query.answer(said[:200])
+            message = query.message
+            if isinstance(message, Message) and message.text and not said.startswith("Only"):
+                await query.edit_message_text(f"{message.text}\n\n{said}")
+        except TelegramError as error:
+            log.info("telegram: could not show the answer to a button: %s", error)
 
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         update_id = update.update_id if isinstance(update, Update) else update

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from telegram import ReplyParameters
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup, ReplyParameters
 from telegram.constants import ParseMode
 from telegram.error import BadRequest, Forbidden, RetryAfter
 
@@ -116,6 +116,21 @@ class TelegramPort:
                 )
         if len(caption) > CAPTION_LIMIT:
             await self.send(caption)
+
+    async def offer(self, text: str, choices: Sequence[tuple[str, str]]) -> None:
+        """Inline keyboard buttons; a press arrives as a callback query."""
+        keyboard = InlineKeyboardMarkup(
+            [[InlineKeyboardButton(label, callback_data=data) for label, data in choices]]
+        )
+        target = self.target
+        async with delivery_errors():
+            await self.owner.bot.send_message(
+                target.chat_id,
+                text,
+                message_thread_id=target.thread_id,
+                reply_parameters=target.reply_parameters(),
+                reply_markup=keyboard,
+            )
 
     def stream(self) -> ReplyStream:
         from bots.telegram_stream import TelegramStream

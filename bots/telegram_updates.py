@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
-from telegram import Message, MessageEntity, Update
+from telegram import CallbackQuery, Message, MessageEntity, Update
 from telegram.constants import ChatType
 
 from bots.telegram_outbound import Target
@@ -69,6 +69,18 @@ class UpdateReader:
     @property
     def username(self) -> str:
         return self._owner.username
+
+    def press(self, query: CallbackQuery) -> tuple[ChatKey, Actor, str] | None:
+        """A button press: in which chat, by whom, with which data."""
+        message = query.message
+        if query.data is None or not isinstance(message, Message):
+            return None
+        chat = message.chat
+        private = chat.type == ChatType.PRIVATE
+        thread = message.message_thread_id if message.is_topic_message else None
+        user = query.from_user
+        actor = Actor(INTERFACE, str(user.id), user.full_name, () if private else (str(chat.id),))
+        return ChatKey(INTERFACE, str(chat.id), str(thread) if thread else None), actor, query.data
 
     def translate(self, update: Update) -> tuple[Inbound, Target] | None:
         """An update as the core's inbound message and where to answer it, or None for

@@ -107,6 +107,11 @@ class Outbox:
                 if port is not None:
                     self._enqueue(key, _Parcel(reply, port), 0.0)
 
+    async def idle(self) -> None:
+        """Wait until every queued reply is delivered (or given up)."""
+        while self._flushers:
+            await asyncio.gather(*list(self._flushers.values()), return_exceptions=True)
+
     async def close(self) -> None:
         """Stop retrying; what is still queued stays pending in the database."""
         for task in self._flushers.values():

@@ -16,7 +16,9 @@ import asyncio
 import logging
 from collections.abc import Hashable, Mapping, Sequence
 
+from agents.claude_code import ToolApproval
 from conversation.access import AccessPolicy, Actor
+from conversation.approvals import Approvals
 from conversation.attachments import AttachmentReader, seen_as
 from conversation.delivery import Outbox
 from conversation.export import fit_for_upload
@@ -66,6 +68,7 @@ class Dispatcher:
         reader: AttachmentReader,
         lanes: ChatLanes,
         outbox: Outbox,
+        approvals: Approvals,
     ) -> None:
         self.turn = turn
         self.registry = registry
@@ -74,6 +77,7 @@ class Dispatcher:
         self.reader = reader
         self.lanes = lanes
         self.outbox = outbox
+        self.approvals = approvals
         self.notices = Notices()
         self.draining = False
         self._resumed: set[asyncio.Task[None]] = set()
@@ -103,6 +107,11 @@ class Dispatcher:
         if command is None:
             return False
         return command.private or (command.admin_only and not self.access.is_admin(inbound.actor))
+
+    def choose(self, key: ChatKey, actor: Actor, data: str) -> str:
+        """A button of an ``offer`` was pressed: what to show the presser. Handled at
+        once, outside the chat's lane (the turn in it may be waiting for this)."""
+        return self.approvals.choose(key, actor, data)
 
     # -- the entry point ---------------------------------------------------------------
 
@@ -170,6 +179,13 @@ class Dispatcher:
         if questions:
             log.info("answering %d messages left unanswered by the last shutdown", len(questions))
         return len(questions)
+
+    async def settled(self) -> None:
+        """Wait until what ``resume`` started is done: owed questions answered, owed
+        replies delivered."""
+        while self._resumed:
+            await asyncio.gather(*list(self._resumed), return_exceptions=True)
+        await self.outbox.idle()
 
     async def _answer_owed(self, inbound: Inbound, port: Outbound) -> None:
         """A question stored before a shutdown, already allowed then: its turn now."""
@@ -244,7 +260,7 @@ class Dispatcher:
         try:
             reply = await command.handler(call)
         except PalaverError as error:
-            reply = Reply(f"That didn't work: {error}.")
+            reply = Reply(f"That didn't work: {str(error).rstrip('.')}.")
         await self._answer(port, inbound, reply, private=command.private, name=name)
 
     async def _answer(
@@ -327,9 +343,14 @@ class Dispatcher:
             shown = so_far
             await stream.update(so_far)
 
+        async def approve(approval: ToolApproval) -> bool:
+            return await self.approvals.ask(inbound.key, port, approval)
+
         try:
             try:
-                result = await self.turn.handle(self._question(inbound, text), on_progress=progress)
+                result = await self.turn.handle(
+                    self._question(inbound, text), on_progress=progress, approve=approve
+                )
             except Exception:
                 log.exception("the turn failed in %s", inbound.key.ref)
                 result = TurnResult(Outcome.FAILED, INTERNAL_ERROR)

@@ -169,9 +169,45 @@ class _Writer:
                 out.write(f"**{speaker(m)}** · {when(m.created_at)}\n\n{m.text}\n\n")
             self.first = False
 
-    def tail(self) -> None:
+    def tail(self, transcripts: dict[str, list[dict[str, Any]]]) -> None:
+        """The end; a Claude Code project's session ends with its Claude Code transcripts."""
+        out = self.out
         if self.kind == "json":
-            self.out.write("\n]\n}\n")
+            out.write("\n]")
+            if transcripts:
+                out.write(f',\n"claude_code": {json.dumps(transcripts, ensure_ascii=False)}')
+            out.write("\n}\n")
+        elif self.kind == "markdown" and transcripts:
+            out.write("## Claude Code transcripts\n\n")
+            for session_id, entries in transcripts.items():
+                out.write(f"### Session {session_id}\n\n")
+                for entry in entries:
+                    line = transcript_line(entry)
+                    if line:
+                        out.write(f"- {line}\n")
+                out.write("\n")
+
+
+def transcript_line(entry: dict[str, Any]) -> str:
+    """One line of a Claude Code transcript as a reader wants it: who said what, or
+    which tool was used; bookkeeping lines are left out."""
+    kind = entry.get("type")
+    message = entry.get("message")
+    if kind not in ("user", "assistant") or not isinstance(message, dict):
+        return ""
+    content = message.get("content")
+    parts: list[str] = []
+    for block in content if isinstance(content, list) else [content]:
+        if isinstance(block, str):
+            parts.append(block)
+        elif isinstance(block, dict) and block.get("type") == "text":
+            parts.append(str(block.get("text", "")))
+        elif isinstance(block, dict) and block.get("type") == "tool_use":
+            parts.append(f"[tool {block.get('name')}: {json.dumps(block.get('input'))[:200]}]")
+        elif isinstance(block, dict) and block.get("type") == "tool_result":
+            parts.append("[tool result]")
+    text = " ".join(p.strip() for p in parts if p and p.strip())
+    return f"**{kind}**: {text}" if text else ""
 
 
 async def write_export(
@@ -205,7 +241,11 @@ async def write_export(
                 written += len(page)
                 if on_progress is not None:
                     on_progress(written)
-            await asyncio.to_thread(writer.tail)
+            transcripts = {}
+            if session.project_id is not None:
+                transcripts = await manager.code_transcript(session.project_id)
+                transcripts = {sid: lines for sid, lines in transcripts.items() if lines}
+            await asyncio.to_thread(writer.tail, transcripts)
         finally:
             await asyncio.to_thread(out.close)
     except BaseException:

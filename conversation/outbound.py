@@ -19,6 +19,7 @@ Any other exception is a transient fault (the platform out of reach).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -84,6 +85,12 @@ class Outbound(Protocol):
 
     def stream(self) -> ReplyStream:
         """Open a reply that will grow; "typing..." shows at once."""
+        ...
+
+    async def offer(self, text: str, choices: Sequence[tuple[str, str]]) -> None:
+        """Send ``text`` with a button per choice, (label, data). A press comes back to
+        the core as ``Dispatcher.choose(key, actor, data)``; the interface shows the
+        text it returns (and may take the buttons away)."""
         ...
 
     def private(self) -> Outbound | None:

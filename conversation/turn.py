@@ -18,8 +18,10 @@ from enum import StrEnum
 from typing import Any
 
 from agents.base import Agent, AgentError, AgentReply, AgentRequest, PromptTooLong, TextDelta
+from agents.claude_code import Approver, ToolApproval
 from agents.settings import SpendSettings
 from conversation.access import Actor
+from conversation.code_turn import CodeTurns, ProgressSink
 from conversation.metering import TurnObserver, measure, timed_model
 from conversation.settings import AgentSettings
 from memory.errors import PalaverError
@@ -40,9 +42,6 @@ log = logging.getLogger(__name__)
 # What a chat is told when a bug, not the model or the user, broke its turn.
 INTERNAL_ERROR = "Something went wrong on my side. Your message is saved; please try again."
 EMPTY_REPLY = "The model sent an empty answer. Your message is saved; please try again."
-
-# Receives the reply so far (the whole text, not a delta) while it streams.
-ProgressSink = Callable[[str], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +87,12 @@ class Profile:
     max_tokens: int
     token_limit: int
     budget: int
+    project: Project | None = None
+
+    @property
+    def claude_code(self) -> bool:
+        """The project's turns run in Claude Code (conversation.code_turn)."""
+        return self.project is not None and self.project.agent_kind == "claude_code"
 
 
 class Turn:
@@ -97,11 +102,13 @@ class Turn:
         agent: Agent,
         settings: AgentSettings,
         spend: SpendSettings | None = None,
+        code: CodeTurns | None = None,
     ) -> None:
         self.manager = manager
         self.agent = agent
         self.settings = settings
         self.spend = spend or SpendSettings(user_daily_usd=0, session_usd=0)
+        self.code = code
         self.observers: list[TurnObserver] = []  # told of every turn (conversation.metering)
 
     def profile(self, project: Project | None) -> Profile:
@@ -113,17 +120,24 @@ class Turn:
             max_tokens=max_tokens,
             token_limit=limit,
             budget=min(limit, self.settings.context_window - max_tokens),
+            project=project,
         )
 
     async def handle(
-        self, question: Question, *, on_progress: ProgressSink | None = None
+        self,
+        question: Question,
+        *,
+        on_progress: ProgressSink | None = None,
+        approve: Approver | None = None,
     ) -> TurnResult:
         if self.observers:
-            turn = self._handle(question, on_progress)
+            turn = self._handle(question, on_progress, approve)
             return await measure(self.observers, question.key.interface, turn)
-        return await self._handle(question, on_progress)
+        return await self._handle(question, on_progress, approve)
 
-    async def _handle(self, question: Question, on_progress: ProgressSink | None) -> TurnResult:
+    async def _handle(
+        self, question: Question, on_progress: ProgressSink | None, approve: Approver | None
+    ) -> TurnResult:
         try:
             # 1. resolve the session: the chat's own, or its active project's (read fresh,
             #    so a project's edited settings count from the next turn on).
@@ -132,10 +146,11 @@ class Turn:
 
             # 2. one turn at a time per session; other sessions run concurrently.
             async with self.manager.lock(session.id):
-                return await self._locked_turn(question, session, profile, on_progress)
+                return await self._locked_turn(question, session, profile, on_progress, approve)
         except PalaverError as error:
             # Bad input or the database is down: nothing was half-stored.
-            return TurnResult(Outcome.REJECTED, f"I couldn't take that message: {error}.")
+            reason = str(error).rstrip(".")
+            return TurnResult(Outcome.REJECTED, f"I couldn't take that message: {reason}.")
 
     async def _locked_turn(
         self,
@@ -143,6 +158,7 @@ class Turn:
         session: SessionInfo,
         profile: Profile,
         on_progress: ProgressSink | None,
+        approve: Approver | None,
     ) -> TurnResult:
         manager = self.manager
 
@@ -178,20 +194,12 @@ class Turn:
             return await told(TurnResult(Outcome.OVER_BUDGET, refusal, session.id))
 
         # 5. the context, then the agent, streaming partial text to the interface. If
-        #    the model finds the prompt too long, summarize now and try once more.
+        #    the model finds the prompt too long, summarize now and try once more. A
+        #    Claude Code project's turn runs in Claude Code, which keeps its own context.
         try:
-            try:
-                context, reply = await self._call_agent(question, session, profile, on_progress)
-            except PromptTooLong as error:
-                if error.tokens:
-                    context = await self._context(question, session, profile)
-                    manager.note_prompt_too_long(context, profile.model, error.tokens)
-                await manager.record_error(session.id, error.kind, {"detail": error.detail})
-                await manager.fold(session.id)
-                context, reply = await self._call_agent(question, session, profile, on_progress)
+            context, reply = await self._answer(question, session, profile, on_progress, approve)
         except AgentError as error:
-            await manager.record_error(session.id, error.kind, {"detail": error.detail})
-            return await told(TurnResult(Outcome.FAILED, error.user_message, session.id))
+            return await self._failed(session, error, told)
         except Exception as error:
             log.exception("agent %s failed in session %s", self.agent.name, session.id)
             await manager.record_error(session.id, "internal", {"detail": repr(error)})
@@ -222,6 +230,60 @@ class Turn:
         )
         return TurnResult(
             Outcome.REPLIED, reply.text, session.id, reply.usage, stored_reply if owed else None
+        )
+
+    async def _failed(
+        self,
+        session: SessionInfo,
+        error: AgentError,
+        told: Callable[[TurnResult], Awaitable[TurnResult]],
+    ) -> TurnResult:
+        await self.manager.record_error(session.id, error.kind, {"detail": error.detail})
+        return await told(TurnResult(Outcome.FAILED, error.user_message, session.id))
+
+    async def _answer(
+        self,
+        question: Question,
+        session: SessionInfo,
+        profile: Profile,
+        on_progress: ProgressSink | None,
+        approve: Approver | None,
+    ) -> tuple[Context | None, AgentReply | None]:
+        """The model's answer, and the context it was given (None for Claude Code, which
+        keeps its own). A prompt the model finds too long is summarized, then retried
+        once."""
+        if profile.claude_code:
+            return None, await self._call_code(question, session, profile, on_progress, approve)
+        try:
+            return await self._call_agent(question, session, profile, on_progress)
+        except PromptTooLong as error:
+            if error.tokens:
+                context = await self._context(question, session, profile)
+                self.manager.note_prompt_too_long(context, profile.model, error.tokens)
+            await self.manager.record_error(session.id, error.kind, {"detail": error.detail})
+            await self.manager.fold(session.id)
+            return await self._call_agent(question, session, profile, on_progress)
+
+    async def _call_code(
+        self,
+        question: Question,
+        session: SessionInfo,
+        profile: Profile,
+        on_progress: ProgressSink | None,
+        approve: Approver | None,
+    ) -> AgentReply:
+        assert profile.project is not None
+        if self.code is None:
+            raise AgentError("Claude Code projects are not set up here.", kind="no_claude_code")
+        return await self.code.call(
+            profile.project,
+            session,
+            question.key,
+            question.text,
+            question.billed_to,
+            on_progress=on_progress,
+            approve=approve or _deny,
+            token_limit=profile.token_limit,
         )
 
     async def _context(self, question: Question, session: SessionInfo, profile: Profile) -> Context:
@@ -295,3 +357,9 @@ class Turn:
             return TurnResult(Outcome.REJECTED, str(error))
         outcome = Outcome.DUPLICATE if stored.duplicate else Outcome.STORED
         return TurnResult(outcome, "", session.id)
+
+
+async def _deny(_: ToolApproval) -> bool:
+    """Where nobody can be asked (no chat to show buttons in), tools that need an
+    approval are denied."""
+    return False

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from memory.checkpoint import WalCheckpointer
 from memory.errors import StoreUnavailable
+from memory.private_files import private_dir, private_file, warn_if_loose
 from memory.settings import DatabaseSettings
 from memory.sqlite_fast import SqliteFastPath, begin_immediate
 
@@ -110,12 +111,41 @@ def _begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN")
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL; None for an in-memory database or a URI."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    name = parsed.database
+    if not name or name == ":memory:" or name.startswith("file:"):
+        return None
+    return Path(name)
+
+
+def _private_sqlite_file(path: Path) -> None:
+    """Its directory 0700 (made if missing, one level) and the file 0600 before SQLite
+    opens it: SQLite gives the -wal and -shm files it makes the database file's mode."""
+    try:
+        private_dir(path.parent)
+        private_file(path)
+    except OSError as error:
+        raise StoreUnavailable(
+            f"cannot create the SQLite database {path}: {error.strerror or error}"
+        ) from None
+    for suffix in ("-wal", "-shm"):
+        companion = path.with_name(path.name + suffix)
+        if companion.exists():
+            warn_if_loose(companion, 0o600)
+
+
 def open_database(url: str, settings: DatabaseSettings) -> Database:
-    """Create the engines for ``url``; nothing connects until first use."""
+    """Create the engines for ``url``; nothing connects until first use. A SQLite
+    file is created private first (memory.private_files)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        path = sqlite_file(url)
+        if path is not None:
+            _private_sqlite_file(path)
         writer = _sqlite_engine(url, settings, immediate=True)
         reader = _sqlite_engine(url, settings, immediate=False)
         checkpointer = WalCheckpointer(reader, writer)

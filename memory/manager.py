@@ -21,6 +21,7 @@ from memory.admin_types import InterfaceUsage, SessionFilter, SessionImport, Ses
 from memory.cache import SessionCache
 from memory.calibration import Calibration
 from memory.checks import check_metadata, check_origin, check_text, role_of
+from memory.code_sessions import CodeSession, CodeSessions
 from memory.coherence import CoherentCache
 from memory.context import Block, build_context
 from memory.errors import InvalidMessage
@@ -33,6 +34,7 @@ from memory.store.rows import CONTINUABLE
 from memory.summarizer import Summarizer
 from memory.summarizing import Summarizing
 from memory.tokens import TokenCounter
+from memory.transcripts import TranscriptStore
 from memory.types import (
     ChatKey,
     Context,
@@ -81,6 +83,10 @@ class SessionManager:
         self._lifecycle = Lifecycle(
             store, self._coherent, self._summarizing, settings, self.observers
         )
+        self._code = CodeSessions(store.db)
+        # The SDK's session store, on this database: the Claude Code agent resumes
+        # projects' sessions from it (wired in bots/app.py).
+        self.transcripts = TranscriptStore(store.db)
 
     async def start(self) -> None:
         """Load the per-model token calibration."""
@@ -225,6 +231,49 @@ class SessionManager:
         _session, project = await self.store.sessions.current(key)
         return project
 
+    async def update_project(self, project_id: int, **values: Any) -> Project:
+        """Change a project's settings; every process sees them from its next turn."""
+        return await self.store.projects.update(project_id, **values)
+
+    # -- Claude Code sessions of projects -------------------------------------------
+
+    async def code_session(self, project_id: int) -> CodeSession | None:
+        """The Claude Code session the project's next turn resumes (None: fresh)."""
+        return await self._code.current(project_id)
+
+    async def record_code_turn(
+        self,
+        project_id: int,
+        session_id: str,
+        *,
+        chat: ChatKey,
+        usage: Usage,
+        num_turns: int,
+        context_tokens: int,
+        lost: str | None,
+    ) -> CodeSession:
+        return await self._code.record_turn(
+            project_id,
+            session_id,
+            chat_ref=chat.ref,
+            usage=usage,
+            num_turns=num_turns,
+            context_tokens=context_tokens,
+            lost=lost,
+        )
+
+    async def reset_code_session(self, project_id: int) -> CodeSession | None:
+        """The next turn starts a fresh Claude Code session; the old one is kept."""
+        return await self._code.reset(project_id)
+
+    async def code_history(self, project_id: int, *, limit: int = 20) -> list[CodeSession]:
+        return await self._code.history(project_id, limit=limit)
+
+    async def code_transcript(self, project_id: int) -> dict[str, list[dict[str, Any]]]:
+        """Every Claude Code transcript entry of the project, by session id (export)."""
+        history = await self._code.history(project_id, limit=1000)
+        return {s.session_id: await self.transcripts.entries(s.session_id) for s in history}
+
     # -- messages -------------------------------------------------------------------
 
     async def add_message(
@@ -287,7 +336,7 @@ class SessionManager:
         session_id: int,
         text: str,
         *,
-        context: Context,
+        context: Context | None,
         model: str,
         usage: Usage | None,
         billed_to: str | None,
@@ -300,7 +349,7 @@ class SessionManager:
         A reply to ``question`` for ``chat`` is stored "pending" (owed to that chat
         until ``delivered``), and settles the question in the same transaction.
         """
-        if usage is not None:
+        if usage is not None and context is not None:
             reported = usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens
             self._calibration.note(model, context.raw_tokens, reported)
         reply_to = question.platform_message_id if question is not None else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
@@ -37,10 +39,17 @@ class MemorySettings(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> MemorySettings:
-        if self.summary_max_tokens * 2 > self.token_limit * self.summary_share:
+        # Each message starts with the key it is about: bots/config.py names it.
+        share = self.token_limit * self.summary_share
+        if self.summary_max_tokens * 2 > share:
             raise ValueError(
-                "summary_max_tokens must be at most half of token_limit x summary_share"
+                f"summary_max_tokens = {self.summary_max_tokens} must be at most half of "
+                f"token_limit x summary_share = {self.token_limit} x {self.summary_share:g} "
+                f"= {share:g}, so at most {math.floor(share / 2)}"
             )
         if self.expire_after_s <= self.idle_after_s:
-            raise ValueError("expire_after_s must be longer than idle_after_s")
+            raise ValueError(
+                f"expire_after_s = {self.expire_after_s} must be longer than "
+                f"idle_after_s = {self.idle_after_s}"
+            )
         return self

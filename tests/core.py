@@ -9,18 +9,23 @@ fakes in tests/fakes/.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from agents.base import Agent
+from agents.claude_code import ClaudeCodeAgent
 from agents.settings import SpendSettings
 from conversation.access import AccessPolicy
+from conversation.approvals import Approvals
 from conversation.attachments import AttachmentReader
+from conversation.code_turn import CodeTurns
 from conversation.commands import BuiltinCommands
 from conversation.delivery import Outbox
 from conversation.dispatcher import Dispatcher
 from conversation.ordering import ChatLanes
 from conversation.outbound import Outbound, OutboundFile, ReplyStream, RetryLater, Unreachable
+from conversation.projects import ProjectCommands
 from conversation.ratelimit import RateLimiter
 from conversation.registry import Registry
 from conversation.settings import (
@@ -44,19 +49,27 @@ def make_dispatcher(
     attachments: AttachmentSettings | None = None,
     spend: SpendSettings | None = None,
     max_running: int = 1024,
+    code_agent: ClaudeCodeAgent | None = None,
+    projects_root: Path | None = None,
+    approval_timeout_s: float = 5.0,
 ) -> Dispatcher:
     """The core as bots/app.py builds it, over ``manager`` and ``agent``."""
-    turn = Turn(manager, agent, AgentSettings(), spend)
+    root = projects_root or exports / "projects"
+    code = CodeTurns(manager, code_agent, root, "claude-sonnet-4-6")
+    turn = Turn(manager, agent, AgentSettings(), spend, code)
     registry = Registry()
     BuiltinCommands(registry, manager, turn, exports).register()
+    ProjectCommands(registry, manager, code, root).register()
+    policy = AccessPolicy(access)
     return Dispatcher(
         turn=turn,
         registry=registry,
-        access=AccessPolicy(access),
+        access=policy,
         limiter=RateLimiter(RateLimitSettings(per_minute=per_minute, burst=burst)),
         reader=AttachmentReader(attachments or AttachmentSettings()),
         lanes=ChatLanes(max_running),
         outbox=Outbox(manager, 86_400),
+        approvals=Approvals(policy, approval_timeout_s),
     )
 
 
@@ -100,6 +113,7 @@ class RecordingPort:
     fail_with: Exception | None = None
     fail_uploads: Exception | None = None
     delivered: asyncio.Event = field(default_factory=asyncio.Event)
+    offers: list[tuple[str, list[tuple[str, str]]]] = field(default_factory=list)
 
     async def send(self, text: str, *, markdown: bool = False) -> None:
         if self.fail_with is not None:
@@ -114,6 +128,14 @@ class RecordingPort:
             raise self.fail_with
         data = await asyncio.to_thread(file.path.read_bytes)
         self.sent.append(Sent(caption, file=file.name, data=data))
+        self.delivered.set()
+
+    async def offer(self, text: str, choices: Sequence[tuple[str, str]]) -> None:
+        """Buttons: kept in ``offers`` (text, choices) for a test to press."""
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.offers.append((text, list(choices)))
+        self.sent.append(Sent(text))
         self.delivered.set()
 
     def stream(self) -> ReplyStream:

@@ -73,24 +73,63 @@ async def test_the_checkpointer_copies_the_wal_soon_after_writes(tmp_path: Path)
         await database.dispose()
 
 
+def wal_generation(path: Path | str) -> tuple[int, int] | None:
+    """The WAL header's checkpoint sequence number and first salt, or None without a log.
+
+    The writer that starts the log over writes a new header with both incremented
+    (https://sqlite.org/fileformat2.html#walformat), so a change means a restart.
+    """
+    try:
+        with open(path, "rb") as wal:
+            header = wal.read(32)
+    except FileNotFoundError:
+        return None
+    if len(header) < 32:
+        return None
+    return int.from_bytes(header[12:16], "big"), int.from_bytes(header[16:20], "big")
+
+
 async def test_the_wal_starts_over_while_writes_never_pause(tmp_path: Path) -> None:
     """A checkpoint beside a stream of commits never sees the log's end, so SQLite
-    would append to the WAL for ever; the checkpointer must let it start over."""
+    would append to the WAL for ever; the checkpointer must let it start over.
+
+    Counted in restarts of the log (its header), not in bytes per second: fifty
+    writers keep commits landing without a pause while the test runs checkpoint
+    cycles itself, and after each cycle the next commit must start the log over.
+    """
     path = tmp_path / "palaver.db"
-    database, manager, _ = await _write(path, interval_s=0.02)
+    wal = f"{path}-wal"
+    # Checkpoint cycles are the test's to run: the timer never fires on its own.
+    database, manager, _ = await _write(path, interval_s=3600)
+    checkpointer = database.checkpointer
+    assert checkpointer is not None
+    session = await manager.open(ChatKey("test", "stream"))
+    written, floor = 0, 0
+    streaming = True
+    reached = asyncio.Event()
+
+    async def stream() -> None:
+        nonlocal written
+        while streaming:
+            await manager.add_message(session.id, Role.USER, f"{written} {TEXT}")
+            written += 1
+            if written >= floor:
+                reached.set()
+
+    writers = [asyncio.create_task(stream()) for _ in range(50)]
     try:
-        session = await manager.open(ChatKey("test", "stream"))
-        written = 0
-        deadline = asyncio.get_running_loop().time() + 1.5
-        while asyncio.get_running_loop().time() < deadline:
-            texts = [f"{written + i} {TEXT}" for i in range(50)]
-            await asyncio.gather(*(manager.add_message(session.id, Role.USER, t) for t in texts))
-            written += len(texts)
-        text_bytes = written * len(TEXT)
-        # Every message is in some WAL frame at least once: a log that never started
-        # over would hold them all. One that does holds a few intervals' worth.
-        assert text_bytes > 3000 * PAGE
-        assert size(f"{path}-wal") < text_bytes / 3
+        for cycle in range(3):
+            # Enough in the log that copying it takes a while, with commits landing.
+            floor = written + 1000
+            reached.clear()
+            await reached.wait()
+            before = wal_generation(wal)
+            await checkpointer._catch_up()
+            # A commit that begins now, with the log fully copied, starts it over.
+            await manager.add_message(session.id, Role.USER, f"after cycle {cycle}")
+            assert wal_generation(wal) != before, f"no restart after cycle {cycle}"
     finally:
+        streaming = False
+        await asyncio.gather(*writers)
         await manager.close()
         await database.dispose()

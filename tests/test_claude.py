@@ -5,16 +5,19 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
+from agents.base import AgentError, AgentReply, AgentRequest, TextDelta
+from agents.claude import ClaudeAgent
+from agents.pricing import Pricing
 from bots.app import Palaver
-from bots.config import load_config
+from bots.config import Config, load_config
 from conversation.access import Actor
 from conversation.turn import Outcome, Question
-from memory.types import ChatKey, Role
-from tests.fakes.anthropic_api import FakeAnthropic
+from memory.types import ChatKey, Context, ContextMessage, Role
+from tests.fakes.anthropic_api import FakeAnthropic, count_tokens
 
 KEY = ChatKey("telegram", "555")
 ANN = Actor("telegram", "1", "Ann")
@@ -370,3 +373,104 @@ async def test_a_failing_summarizer_falls_back_then_upgrades(
         assert upgraded[0].summarizer == f"claude:{SUMMARIZER}"
     finally:
         await app.stop()
+
+
+# -- what a failed attempt cost --------------------------------------------------------------
+
+
+def claude_agent(tmp_path: Path, fake: FakeAnthropic, **env: str) -> tuple[ClaudeAgent, Config]:
+    """The agent exactly as the application builds it, against the fake."""
+    environ = {
+        "ANTHROPIC_API_KEY": fake.api_key,
+        "PALAVER_CLAUDE__BASE_URL": fake.url,
+        "PALAVER_CLAUDE__RETRY_BASE_DELAY_S": "0.01",
+        "PALAVER_CLAUDE__TIMEOUT_S": "0.5",
+        "PALAVER_PALAVER__DATA_DIR": str(tmp_path / "data"),
+        **env,
+    }
+    config = load_config(_empty(tmp_path), environ=environ)
+    agent, _, _ = Palaver(config).build_claude()
+    assert isinstance(agent, ClaudeAgent)
+    return agent, config
+
+
+def story_request() -> AgentRequest:
+    text = "tell me a long story about the sea, the ships, the storms and the harbours"
+    context = Context(1, "Be brief.", (), (ContextMessage(Role.USER, text),), 40, 10_000, 0)
+    return AgentRequest(context, "claude-sonnet-4-6", 1024, session_id=1)
+
+
+async def run_stream(agent: ClaudeAgent) -> tuple[list[str], AgentReply | None]:
+    deltas: list[str] = []
+    reply: AgentReply | None = None
+    async for event in agent.stream(story_request()):
+        if isinstance(event, TextDelta):
+            deltas.append(event.text)
+        else:
+            reply = event
+    return deltas, reply
+
+
+@pytest.mark.parametrize(
+    ("how", "kind"), [("error", "stream_broken"), ("drop", "stream_broken"), ("stall", "timeout")]
+)
+async def test_a_broken_stream_carries_what_it_cost(
+    tmp_path: Path, fake: FakeAnthropic, how: Literal["error", "drop", "stall"], kind: str
+) -> None:
+    """Input as message_start reported it, output as far as the text went: the caps
+    count what the API charged for an answer the user never got whole."""
+    agent, config = claude_agent(tmp_path, fake)
+    fake.fail_mid_stream(after_chunks=3, how=how, seconds=3.0)
+    deltas: list[str] = []
+    with pytest.raises(AgentError) as caught:
+        async for event in agent.stream(story_request()):
+            assert isinstance(event, TextDelta)
+            deltas.append(event.text)
+    error = caught.value
+    assert error.kind == kind
+    assert len(deltas) == 3
+    reported = fake.usage_log[-1]
+    assert error.usage is not None
+    assert error.usage.input_tokens == reported["input_tokens"] > 0
+    assert error.usage.cache_write_tokens == reported["cache_creation_input_tokens"]
+    assert error.usage.cache_read_tokens == reported["cache_read_input_tokens"]
+    assert error.usage.output_tokens == count_tokens("".join(deltas)) > 1
+    assert error.usage.cost_usd == pytest.approx(
+        Pricing(config.claude).cost("claude-sonnet-4-6", error.usage)
+    )
+    assert error.usage.cost_usd > 0
+
+
+@pytest.mark.parametrize("how", ["error", "drop", "stall"])
+async def test_an_attempt_that_failed_after_message_start_is_added_to_the_reply(
+    tmp_path: Path, fake: FakeAnthropic, how: Literal["error", "drop", "stall"]
+) -> None:
+    """message_start came (input counted, one output token), then the attempt failed
+    before any text: it is retried, and the reply's usage is both attempts'."""
+    agent, config = claude_agent(tmp_path, fake)
+    fake.fail_mid_stream(after_chunks=0, how=how, seconds=3.0)
+    _, reply = await run_stream(agent)
+    assert reply is not None and reply.text.startswith("Echo: tell me")
+    assert len(fake.requests) == 2
+    first, second = fake.usage_log
+    assert reply.usage is not None
+    assert reply.usage.input_tokens == first["input_tokens"] + second["input_tokens"]
+    assert reply.usage.cache_read_tokens == (
+        first["cache_read_input_tokens"] + second["cache_read_input_tokens"]
+    )
+    assert reply.usage.output_tokens == 1 + second["output_tokens"]  # message_start's 1
+    assert reply.usage.cost_usd == pytest.approx(
+        Pricing(config.claude).cost("claude-sonnet-4-6", reply.usage)
+    )
+
+
+async def test_an_attempt_with_no_answer_at_all_costs_nothing(
+    tmp_path: Path, fake: FakeAnthropic
+) -> None:
+    """Timed out before the API said a word: no usage was reported, none is invented."""
+    agent, _ = claude_agent(tmp_path, fake, PALAVER_CLAUDE__MAX_RETRIES="0")
+    fake.hang_next(3)
+    with pytest.raises(AgentError) as caught:
+        await run_stream(agent)
+    assert caught.value.kind == "timeout"
+    assert caught.value.usage is None

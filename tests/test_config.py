@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bots.config import DEFAULT_CONFIG, ConfigError, load_config, render_config
+from bots.config import DEFAULT_CONFIG, SECRET_ENV, ConfigError, load_config, render_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,8 +26,10 @@ def test_the_shipped_config_equals_the_built_in_defaults() -> None:
     from bots.config import Config
 
     defaults = Config()
-    assert from_file.model_dump(exclude={"palaver"}) == defaults.model_dump(exclude={"palaver"})
+    relative = {"palaver", "projects"}  # paths, made absolute against the file's folder
+    assert from_file.model_dump(exclude=relative) == defaults.model_dump(exclude=relative)
     assert from_file.palaver.data_dir == ROOT / "data"
+    assert from_file.projects_root == ROOT / "projects"
 
 
 def test_every_setting_is_in_config_toml_with_a_comment() -> None:
@@ -145,3 +148,150 @@ def test_run_exits_non_zero_on_bad_config_before_touching_anything(tmp_path: Pat
     assert done.returncode == 2
     assert "memory.token_limit = -1" in done.stderr
     assert not data_dir.exists(), "nothing may be created when the config is bad"
+
+
+# -- start-up errors: one line each, exit status 2, no traceback -----------------------------
+
+BAD_VALUES = [
+    pytest.param(
+        {"PALAVER_DATABASE__URL": "not a url"},
+        ["database.url = 'not a url'", "sqlite+aiosqlite:///", "postgresql+asyncpg://"],
+        id="database-url-not-a-url",
+    ),
+    pytest.param(
+        {"PALAVER_DATABASE__URL": "mysql+aiomysql://root:hunter2@db/x"},
+        ["database.url = 'mysql+aiomysql://root:***@db/x'", "postgresql+asyncpg://"],
+        id="database-url-unsupported",
+    ),
+    pytest.param(
+        {"PALAVER_DATABASE__URL": "sqlite+aiosqlite:///{tmp}/nowhere/deep/palaver.db"},
+        [
+            "database.url = 'sqlite+aiosqlite:///{tmp}/nowhere/deep/palaver.db'",
+            "{tmp}/nowhere/deep does not exist",
+        ],
+        id="sqlite-into-a-missing-directory",
+    ),
+    pytest.param(
+        {"PALAVER_PALAVER__DATA_DIR": "{tmp}/a-file"},
+        ["palaver.data_dir = '{tmp}/a-file'", "not a directory"],
+        id="data-dir-is-a-file",
+    ),
+    pytest.param(
+        {"PALAVER_PALAVER__DATA_DIR": "{tmp}/missing/data"},
+        ["palaver.data_dir = '{tmp}/missing/data'", "{tmp}/missing does not exist"],
+        id="data-dir-parent-missing",
+    ),
+    pytest.param(
+        {"PALAVER_CLAUDE__BASE_URL": "::::", "ANTHROPIC_API_KEY": "sk-test"},
+        ["claude.base_url = '::::'", "http:// or https://", "empty"],
+        id="claude-base-url",
+    ),
+    pytest.param(
+        {"PALAVER_TELEGRAM__BASE_URL": "api.telegram.org/bot"},
+        ["telegram.base_url = 'api.telegram.org/bot'", "http:// or https://"],
+        id="telegram-base-url",
+    ),
+    pytest.param(
+        {"PALAVER_MEMORY__TOKEN_LIMIT": "3000"},
+        [
+            "memory.summary_max_tokens = 500 must be at most half of token_limit x "
+            "summary_share = 3000 x 0.3 = 900, so at most 450"
+        ],
+        id="summary-share-with-numbers",
+    ),
+    pytest.param(
+        {"PALAVER_MEMORY__EXPIRE_AFTER_S": "100"},
+        ["memory.expire_after_s = 100 must be longer than idle_after_s = 1800"],
+        id="expire-before-idle",
+    ),
+]
+
+
+def bad_value_env(tmp_path: Path, env: dict[str, str]) -> dict[str, str]:
+    (tmp_path / "a-file").write_text("not a directory")
+    return {
+        "PALAVER_PALAVER__DATA_DIR": str(tmp_path / "data"),
+        **{k: v.format(tmp=tmp_path) for k, v in env.items()},
+    }
+
+
+@pytest.mark.parametrize("command", ["check-config", "run"])
+@pytest.mark.parametrize(("env", "expected"), BAD_VALUES)
+def test_every_bad_value_is_one_line_and_exit_status_2(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    env: dict[str, str],
+    expected: list[str],
+    command: str,
+) -> None:
+    from run import main
+
+    for name in [n for n in os.environ if n.startswith("PALAVER_") or n in SECRET_ENV]:
+        monkeypatch.delenv(name)
+    for name, value in bad_value_env(tmp_path, env).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # were it accepted: the console ends
+    config = write(tmp_path, "")
+    assert main(["--config", str(config), command]) == 2
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("palaver: invalid configuration: ")
+    for part in expected:
+        assert part.format(tmp=tmp_path) in lines[0]
+    assert out == ""
+    assert "hunter2" not in err
+    assert not (tmp_path / "data").exists()
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_bad_value_through_the_real_process_has_no_traceback(tmp_path: Path) -> None:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("PALAVER_") and k not in SECRET_ENV
+    }
+    env.update(bad_value_env(tmp_path, {"PALAVER_DATABASE__URL": "not a url"}))
+    for command in ("check-config", "run"):
+        done = subprocess.run(
+            [sys.executable, "run.py", "--config", str(write(tmp_path, "")), command],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.splitlines() == [
+            "palaver: invalid configuration: database.url = 'not a url': not a database "
+            "URL; use sqlite+aiosqlite:///path/to/file.db or "
+            "postgresql+asyncpg://user@host/database (empty: a SQLite file in "
+            "palaver.data_dir)"
+        ]
+
+
+def test_several_bad_values_are_one_line_each(tmp_path: Path) -> None:
+    path = write(tmp_path, "[memory]\ntoken_limit = -1\n[agent]\nmax_tokens = 0\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    lines = str(caught.value).splitlines()
+    assert len(lines) == 2
+    assert all(line.startswith("invalid configuration: ") for line in lines)
+    assert any("memory.token_limit = -1" in line for line in lines)
+    assert any("agent.max_tokens = 0" in line for line in lines)
+
+
+def test_a_sqlite_file_in_an_existing_directory_or_the_data_dir_is_fine(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for url in (
+        f"sqlite+aiosqlite:///{elsewhere}/palaver.db",
+        f"sqlite+aiosqlite:///{tmp_path}/data/palaver.db",  # the data dir: made at start
+        "sqlite+aiosqlite:///:memory:",
+        "",
+    ):
+        environ = {
+            "PALAVER_DATABASE__URL": url,
+            "PALAVER_PALAVER__DATA_DIR": str(tmp_path / "data"),
+        }
+        assert load_config(write(tmp_path, ""), environ=environ).database.url == url

@@ -197,6 +197,7 @@ async def test_a_dm_is_a_turn_stored_with_its_author(start: Start, dc: FakeDisco
     assert {c["name"] for c in dc.commands[None]} == {
         "ask",
         "help",
+        "project",
         "reset",
         "status",
         "summary",
@@ -596,8 +597,8 @@ async def test_a_reply_discord_refuses_for_a_while_is_delivered_later_once(
     dc.fail(f"POST /channels/{dm}/messages", 503, times=2)
     await dc.user_message(None, "through an outage", author_id=ALICE)
     [reply] = await h.bot_messages(dm, prefix="echo: through an outage")
+    await h.bot.dispatcher.outbox.idle()
     assert [m.content for m in dc.channel_messages(dm)] == [reply.content]
-    await h.manager.wait_for_summaries()
     assert await h.manager.owed(h.bot.dispatcher.outbox.since()) == []
 
 

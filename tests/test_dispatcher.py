@@ -43,12 +43,14 @@ class Echo:
     def __init__(self) -> None:
         self.requests: list[AgentRequest] = []
         self.gate: asyncio.Event | None = None
+        self.asked = asyncio.Event()
 
     def stream(self, request: AgentRequest) -> AsyncIterator[AgentEvent]:
         return self._stream(request)
 
     async def _stream(self, request: AgentRequest) -> AsyncIterator[AgentEvent]:
         self.requests.append(request)
+        self.asked.set()
         last = next(m for m in reversed(request.context.messages) if m.role is Role.USER)
         text = f"echo: {last.text}"
         yield TextDelta(text[:3])
@@ -369,7 +371,10 @@ async def test_one_chats_messages_are_handled_in_order_and_chats_at_once(
         asyncio.create_task(core.handle(say("first", message_id="1"), first)),
         asyncio.create_task(core.handle(say("second", message_id="2"), second)),
     ]
-    await asyncio.sleep(0.05)
+    async with asyncio.timeout(5):
+        await agent.asked.wait()
+    for _ in range(20):  # the second had every chance to start meanwhile
+        await asyncio.sleep(0)
     assert len(agent.requests) == 1  # the second waits behind the first
     agent.gate.set()
     agent.gate = None
@@ -414,10 +419,8 @@ async def test_a_reply_the_platform_delays_is_delivered_later_in_order_once(
         while len(port.sent) < 2:
             await port.delivered.wait()
             port.delivered.clear()
-    assert port.texts == ["echo: first", "echo: second"]
-    await asyncio.sleep(0.3)
+    await core.outbox.idle()
     assert port.texts == ["echo: first", "echo: second"]  # once
-    await manager.wait_for_summaries()
     assert await manager.owed(core.outbox.since()) == []
 
 
@@ -434,6 +437,7 @@ async def test_an_unreachable_chat_gets_what_it_missed_when_it_writes_again(
         while len(back.sent) < 2:
             await back.delivered.wait()
             back.delivered.clear()
+    await core.outbox.idle()
     assert sorted(back.texts) == sorted(
         ["echo: unblocked you", "I couldn't deliver this answer earlier:\n\necho: are you there?"]
     )
@@ -473,7 +477,7 @@ async def test_during_shutdown_a_message_is_kept_and_answered_after_the_restart(
     platform = Platform()
     assert await restarted.resume({"telegram": platform}) == 1
     async with asyncio.timeout(5):
-        await answered.delivered.wait()
+        await restarted.settled()
     assert answered.texts == ["echo: while you restart"]
     assert await history(manager, DM) == [
         (Role.USER, "while you restart"),

@@ -457,8 +457,8 @@ async def test_a_reply_still_owed_at_shutdown_is_delivered_after_the_restart(
     await interface.start()
     try:
         await again.resume([interface])
+        await again.dispatcher.settled()
         await tg.wait_for_message(ANN, contains="Echo: answer me after the flood")
-        await settle(tg)
         assert texts(tg, ANN) == ["Echo: answer me after the flood"]
         assert len(claude.requests) == 1, "the stored reply is sent, not asked again"
     finally:

@@ -111,6 +111,32 @@ class Projects(Repository):
             raise ProjectNotFound(f"no project named {name!r}" if name else f"no project {id}")
         return project_of(row)
 
+    async def update(self, project_id: int, **values: Any) -> Project:
+        """Change a project's settings (columns; ``settings`` replaces the JSON)."""
+        allowed = {"name", "agent_kind", "model", "system_prompt", "token_limit", "workdir"}
+        unknown = set(values) - allowed - {"settings"}
+        if unknown:
+            raise ValueError(f"not project columns: {sorted(unknown)}")
+        try:
+            async with translate_errors(), self.db.writer.begin() as conn:
+                row = (
+                    (
+                        await conn.execute(
+                            update(projects)
+                            .where(projects.c.id == project_id)
+                            .values(**values)
+                            .returning(projects)
+                        )
+                    )
+                    .mappings()
+                    .first()
+                )
+        except IntegrityError:
+            raise ProjectExists(f"a project named {values.get('name')!r} already exists") from None
+        if row is None:
+            raise ProjectNotFound(f"no project {project_id}")
+        return project_of(row)
+
     async def all(self) -> list[Project]:
         async with translate_errors(), self.db.reader.connect() as conn:
             rows = (await conn.execute(select(projects).order_by(projects.c.name))).mappings()

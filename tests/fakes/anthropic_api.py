@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import tiktoken
 from aiohttp import web
@@ -89,6 +89,15 @@ class _Failure:
     status: int
     message: str
     retry_after: float | None
+
+
+@dataclass
+class _MidStream:
+    """How the next streamed reply goes wrong after ``after_chunks`` text deltas."""
+
+    after_chunks: int
+    how: Literal["error", "drop", "stall"]
+    seconds: float
 
 
 @dataclass
@@ -163,7 +172,7 @@ class FakeAnthropic:
         self.cache: dict[str, float] = {}  # prefix hash -> expiry (per ``clock``)
         self._failures: deque[_Failure] = deque()
         self._hangs: deque[float] = deque()
-        self._mid_stream_failures: deque[int] = deque()
+        self._mid_stream_failures: deque[_MidStream] = deque()
         self._runner: web.AppRunner | None = None
         self._closing = asyncio.Event()
         self.port = 0
@@ -225,9 +234,21 @@ class FakeAnthropic:
         text = message or _DEFAULT_MESSAGES.get(status, "Error")
         self._failures.extend(_Failure(status, text, retry_after) for _ in range(times))
 
-    def fail_mid_stream(self, after_chunks: int = 1) -> None:
-        """Make the next *streamed* reply emit ``after_chunks`` deltas, then an SSE error."""
-        self._mid_stream_failures.append(after_chunks)
+    def fail_mid_stream(
+        self,
+        after_chunks: int = 1,
+        *,
+        how: Literal["error", "drop", "stall"] = "error",
+        seconds: float = 0.0,
+    ) -> None:
+        """Make the next *streamed* reply go wrong after ``after_chunks`` text deltas.
+
+        ``how``: ``"error"`` sends an SSE error event (overloaded_error), as the API
+        does when it fails mid-answer; ``"drop"`` closes the connection without a
+        word (a proxy or network cut); ``"stall"`` sends nothing for ``seconds``, then
+        goes on, so that a client with a shorter read timeout gives up mid-stream.
+        """
+        self._mid_stream_failures.append(_MidStream(after_chunks, how, seconds))
 
     def hang_next(self, seconds: float) -> None:
         """Delay the next message request by ``seconds`` to provoke client timeouts."""
@@ -619,8 +640,8 @@ class FakeAnthropic:
         reply: _Reply,
         usage: dict[str, int],
     ) -> web.StreamResponse:
-        """Emit the real SSE event sequence; optionally break off with an error event."""
-        fail_after = self._mid_stream_failures.popleft() if self._mid_stream_failures else None
+        """Emit the real SSE event sequence; optionally go wrong midway (fail_mid_stream)."""
+        failure = self._mid_stream_failures.popleft() if self._mid_stream_failures else None
         response = web.StreamResponse(
             headers={
                 "content-type": "text/event-stream; charset=utf-8",
@@ -630,7 +651,11 @@ class FakeAnthropic:
         )
         await response.prepare(request)
         try:
-            await self._send_events(response, body, reply, usage, fail_after)
+            finished = await self._send_events(response, body, reply, usage, failure)
+            if not finished and failure is not None and failure.how == "drop":
+                if request.transport is not None:
+                    request.transport.close()  # no terminating chunk: the body is cut
+                return response
             await response.write_eof()
         except ConnectionResetError:
             pass  # the client stopped reading (closed the stream early); nothing to do
@@ -642,8 +667,10 @@ class FakeAnthropic:
         body: JSON,
         reply: _Reply,
         usage: dict[str, int],
-        fail_after: int | None,
-    ) -> None:
+        failure: _MidStream | None,
+    ) -> bool:
+        """Write the events; False when ``failure`` broke the stream off."""
+
         async def send(event: str, data: JSON) -> None:
             payload = f"event: {event}\ndata: {json.dumps(data)}\n\n"
             await response.write(payload.encode())
@@ -660,8 +687,10 @@ class FakeAnthropic:
             )
             await send("ping", {"type": "ping"})
             for sent, chunk in enumerate(self._chunks(reply.text)):
-                if fail_after is not None and sent >= fail_after:
-                    break
+                if failure is not None and sent == failure.after_chunks:
+                    if failure.how != "stall":
+                        break
+                    await self._sleep(failure.seconds)
                 if self.chunk_delay > 0:
                     await self._sleep(self.chunk_delay)
                 delta = {"type": "text_delta", "text": chunk}
@@ -669,10 +698,12 @@ class FakeAnthropic:
                     "content_block_delta",
                     {"type": "content_block_delta", "index": 0, "delta": delta},
                 )
-            if fail_after is not None:
+            if failure is not None and failure.how == "error":
                 error = {"type": "overloaded_error", "message": "Overloaded"}
                 await send("error", {"type": "error", "error": error})
-                return
+                return False
+            if failure is not None and failure.how == "drop":
+                return False
             await send("content_block_stop", {"type": "content_block_stop", "index": 0})
             index = 1
         if reply.tool_use is not None:
@@ -699,3 +730,4 @@ class FakeAnthropic:
             },
         )
         await send("message_stop", {"type": "message_stop"})
+        return True

@@ -301,6 +301,7 @@ class FakeInteraction:
     original_edits: list[JSON] = field(default_factory=list)
     late_callbacks: list[float] = field(default_factory=list)  # rejected: past the deadline
     log: list[tuple[float, str]] = field(default_factory=list)
+    message_id: int | None = None  # a component interaction: the message of the button
 
     @property
     def ack_delay(self) -> float | None:
@@ -1099,6 +1100,73 @@ class FakeDiscord:
             dispatched_at=time.monotonic(),
         )
         await self._dispatch("INTERACTION_CREATE", payload, guild_id=guild.id if guild else None)
+        return payload
+
+    async def press_button(
+        self, message_id: int, custom_id: str, *, author_id: int, username: str = "alice"
+    ) -> JSON:
+        """A user presses a button of a bot message: INTERACTION_CREATE of type 3
+        (MESSAGE_COMPONENT). Discord refuses a custom_id the message does not have."""
+        self._require_session()
+        msg = self.messages[message_id]
+        ids = {
+            c.get("custom_id")
+            for row in msg.components
+            for c in row.get("components", [])
+            if c.get("type") == 2
+        }
+        if custom_id not in ids:
+            raise ValueError(f"message {message_id} has no button {custom_id!r}")
+        if author_id not in self.users or self.users[author_id]["username"] != username:
+            self.add_user(author_id, username)
+        guild = self.guilds.get(msg.guild_id) if msg.guild_id is not None else None
+        iid = self.snowflake()
+        token = "aW50ZXJhY3Rpb246" + secrets.token_urlsafe(96)
+        payload: JSON = {
+            "id": str(iid),
+            "application_id": str(self.application_id),
+            "type": 3,
+            "data": {"custom_id": custom_id, "component_type": 2},
+            "message": msg.payload(),
+            "channel_id": str(msg.channel_id),
+            "channel": self._channel_payload(msg.channel_id),
+            "token": token,
+            "version": 1,
+            "locale": "en-US",
+            "entitlements": [],
+            "attachment_size_limit": self.max_upload_bytes,
+        }
+        if guild is not None:
+            member = dict(self._ensure_member(guild, author_id))
+            member["permissions"] = str(guild.permissions_of(author_id))
+            payload.update(
+                guild_id=str(guild.id),
+                guild={"id": str(guild.id), "locale": "en-US", "features": []},
+                guild_locale="en-US",
+                member=member,
+                app_permissions=str(guild.permissions_of(self.bot_id)),
+                authorizing_integration_owners={"0": str(guild.id)},
+                context=0,
+            )
+        else:
+            payload.update(
+                user=self.users[author_id],
+                app_permissions=str(BOT_PERMISSIONS),
+                authorizing_integration_owners={"0": "0"},
+                context=1,
+            )
+        self.interactions[iid] = FakeInteraction(
+            id=iid,
+            token=token,
+            name=custom_id,
+            channel_id=msg.channel_id,
+            guild_id=msg.guild_id,
+            user_id=author_id,
+            payload=payload,
+            dispatched_at=time.monotonic(),
+            message_id=message_id,
+        )
+        await self._dispatch("INTERACTION_CREATE", payload, guild_id=msg.guild_id)
         return payload
 
     def _find_command(self, name: str, guild: FakeGuild | None) -> JSON:
@@ -1972,6 +2040,17 @@ class FakeDiscord:
         elif kind == 5:
             flags = FLAG_LOADING | (FLAG_EPHEMERAL if ephemeral else 0)
             msg = self._loading_message(rec, flags)
+        elif kind == 7 and rec.message_id is not None:
+            # UPDATE_MESSAGE: a component interaction edits the message of its button.
+            updated = self.messages[rec.message_id]
+            updated.history.append(updated.content)
+            if "content" in data:
+                updated.content = data["content"] or ""
+            if "components" in data:
+                updated.components = list(data["components"] or [])
+            updated.edited_timestamp = _iso(time.time())
+            await self._dispatch_message("MESSAGE_UPDATE", updated)
+            msg = None
         else:
             msg = None
         rec.callback_type, rec.callback_data, rec.acked_at = kind, body, now
