@@ -14,6 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from agents.claude_code import ToolApproval
 from bots.http_auth import UnsafeBinding
 from bots.http_openapi import document
 from bots.http_server import OperatorServer
@@ -23,7 +24,7 @@ from conversation.dispatcher import RESTARTING
 from conversation.settings import AccessSettings
 from memory.manager import SessionManager
 from memory.types import ChatKey, Delivery, Role, StoredMessage
-from tests.core import make_dispatcher
+from tests.core import RecordingPort, make_dispatcher
 from tests.operator_surface import AUTH, TOKEN, Echo, Surface, start_surface, stop_surface
 
 
@@ -388,3 +389,24 @@ async def test_a_reply_owed_after_a_restart_is_streamed_on_the_chat_s_next_messa
         assert await manager.owed(second.dispatcher.outbox.since()) == []
     finally:
         await stop_surface(second)
+
+
+async def test_a_choice_offered_in_an_api_chat_is_pressed_over_http(surface: Surface) -> None:
+    port = RecordingPort()
+    key = ChatKey("api", "desk-7")
+    approval = ToolApproval("Bash", "Running: make test", {"command": "make test"}, "atlas")
+    asked = asyncio.create_task(surface.dispatcher.approvals.ask(key, port, approval))
+    async with asyncio.timeout(5):
+        await port.delivered.wait()
+    (text, choices) = port.offers[0]
+    assert "Bash" in text and [label for label, _ in choices] == ["Approve", "Deny"]
+    url = f"{surface.url}/api/chats/desk-7/choices"
+    body = {"user_id": "u1", "display_name": "Ada", "data": choices[0][1]}
+    async with surface.http.post(url, json=body, headers=AUTH) as response:
+        assert response.status == 200
+        assert await response.json() == {"text": "Approved by Ada."}
+    assert await asked is True
+    async with surface.http.post(url, json=body, headers=AUTH) as response:
+        assert (await response.json())["text"] == "This request is no longer waiting for an answer."
+    async with surface.http.post(url, json={"user_id": "u1"}, headers=AUTH) as response:
+        assert response.status == 400 and "data" in (await response.json())["error"]
