@@ -40,7 +40,6 @@ class AgentReply:
     text: str
     usage: Usage | None
     model: str
-    estimated_input_tokens: int = 0
     prompt_tokens: int | None = None
 
 

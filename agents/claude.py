@@ -228,7 +228,6 @@ class ClaudeAgent:
                     text,
                     self._pricing.priced(request.model, failed + reply.usage()),
                     reply.model,
-                    request.context.estimated_tokens,
                     reply.prompt_tokens,
                 )
                 return

@@ -40,4 +40,4 @@ class OfflineAgent:
         ]
         for part in parts:
             yield TextDelta(part)
-        yield AgentReply("".join(parts), None, self.name, context.estimated_tokens)
+        yield AgentReply("".join(parts), None, self.name)

@@ -39,6 +39,7 @@ from conversation.turn import Turn
 from memory.database import Database, migrate, open_database
 from memory.errors import PalaverError
 from memory.manager import SessionManager
+from memory.private_files import private_dir
 from memory.store import Store
 from memory.summarizer import Summarizer
 from memory.tokens import TokenCounter
@@ -141,6 +142,8 @@ class Palaver:
     async def start(self) -> None:
         """Open and migrate the database, then build the memory and the turn."""
         config = self.config
+        # Exports, logs and Claude Code's own state live here: nobody else's business.
+        private_dir(config.palaver.data_dir)
         database = open_database(config.database_url, config.database)
         try:
             await migrate(database)

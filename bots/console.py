@@ -30,6 +30,7 @@ from conversation.access import Actor
 from conversation.dispatcher import Dispatcher
 from conversation.inbound import Inbound
 from conversation.outbound import Outbound, OutboundFile, ReplyStream
+from memory.private_files import private_dir, private_file
 from memory.types import ChatKey
 
 KEY = ChatKey("console", "local")
@@ -105,6 +106,14 @@ class _LiveStream:
             self._live.stop()
 
 
+def _copy_private(source: Path, target: Path) -> Path:
+    """Copy into a file that is 0600 before a byte is written (folder 0700)."""
+    private_dir(target.parent)
+    private_file(target)
+    shutil.copyfile(source, target)
+    return target
+
+
 class ConsolePort:
     """The outbound port of the terminal (see conversation.outbound)."""
 
@@ -135,10 +144,7 @@ class ConsolePort:
 
     async def send_file(self, file: OutboundFile, caption: str) -> None:
         """Files land in the exports folder of the data dir, private to the operator."""
-        self._exports.mkdir(mode=0o700, parents=True, exist_ok=True)
-        target = self._exports / file.name
-        await asyncio.to_thread(shutil.copyfile, file.path, target)
-        target.chmod(0o600)
+        target = await asyncio.to_thread(_copy_private, file.path, self._exports / file.name)
         await self.send(f"{caption}\nSaved to {target}")
 
     async def offer(self, text: str, choices: Sequence[tuple[str, str]]) -> None:

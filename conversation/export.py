@@ -23,6 +23,7 @@ from typing import IO, Any, Literal
 
 from conversation.outbound import OutboundFile
 from memory.manager import SessionManager
+from memory.private_files import private_dir
 from memory.types import Role, SessionInfo, StoredMessage, SummaryRecord, Usage
 
 Format = Literal["markdown", "json", "csv"]
@@ -255,7 +256,7 @@ async def write_export(
 
 
 def _private_file(directory: Path, prefix: str, kind: Format) -> Path:
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dir(directory)
     handle, name = tempfile.mkstemp(prefix=prefix, suffix=SUFFIX[kind], dir=directory)
     os.close(handle)
     return Path(name)

@@ -199,7 +199,7 @@ class Turn:
         try:
             context, reply = await self._answer(question, session, profile, on_progress, approve)
         except AgentError as error:
-            return await self._failed(session, error, told)
+            return await self._failed(question, session, error, told)
         except Exception as error:
             log.exception("agent %s failed in session %s", self.agent.name, session.id)
             await manager.record_error(session.id, "internal", {"detail": repr(error)})
@@ -217,6 +217,7 @@ class Turn:
             model=profile.model,
             usage=reply.usage,
             billed_to=question.billed_to,
+            prompt_tokens=reply.prompt_tokens,
             question=stored if owed else None,
             chat=question.key if owed else None,
         )
@@ -234,11 +235,20 @@ class Turn:
 
     async def _failed(
         self,
+        question: Question,
         session: SessionInfo,
         error: AgentError,
         told: Callable[[TurnResult], Awaitable[TurnResult]],
     ) -> TurnResult:
-        await self.manager.record_error(session.id, error.kind, {"detail": error.detail})
+        """The agent failed: recorded, with what the failed call cost (an answer that
+        broke off still costs), charged to the asker."""
+        await self.manager.record_error(
+            session.id,
+            error.kind,
+            {"detail": error.detail},
+            usage=error.usage,
+            billed_to=question.billed_to,
+        )
         return await told(TurnResult(Outcome.FAILED, error.user_message, session.id))
 
     async def _answer(

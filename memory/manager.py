@@ -340,18 +340,21 @@ class SessionManager:
         model: str,
         usage: Usage | None,
         billed_to: str | None,
+        prompt_tokens: int | None = None,
         question: StoredMessage | None = None,
         chat: ChatKey | None = None,
     ) -> StoredMessage:
         """Store a model's reply with what it cost, charged to ``billed_to``; the usage
         the API reported calibrates the token estimate of ``context``.
 
+        ``prompt_tokens`` is the prompt as the API counted it for the answering call
+        (``usage`` may include failed attempts before it).
+
         A reply to ``question`` for ``chat`` is stored "pending" (owed to that chat
-        until ``delivered``), and settles the question in the same transaction.
+        until ``settle``d), and settles the question in the same transaction.
         """
-        if usage is not None and context is not None:
-            reported = usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens
-            self._calibration.note(model, context.raw_tokens, reported)
+        if prompt_tokens is not None and context is not None:
+            self._calibration.note(model, context.raw_tokens, prompt_tokens)
         reply_to = question.platform_message_id if question is not None else None
         return await self.add_message(
             session_id,
@@ -441,9 +444,22 @@ class SessionManager:
         self._coherent.touch(await self.store.events.record(session_id, "tool_call", name, detail))
 
     async def record_error(
-        self, session_id: int, name: str, detail: dict[str, Any] | None = None
+        self,
+        session_id: int,
+        name: str,
+        detail: dict[str, Any] | None = None,
+        *,
+        usage: Usage | None = None,
+        billed_to: str | None = None,
     ) -> None:
-        self._coherent.touch(await self.store.events.record(session_id, "error", name, detail))
+        """Record an error; ``usage`` is what the failed call cost all the same, charged
+        to ``billed_to`` (so that the spend caps count it)."""
+        delta = await self.store.events.record(
+            session_id, "error", name, detail, usage=usage, billed_to=billed_to
+        )
+        self._coherent.touch(delta)
+        if usage is not None and billed_to is not None:
+            self._spend.charged(billed_to, usage)
 
     # -- stats ----------------------------------------------------------------------
 

@@ -175,10 +175,14 @@ class SummaryRow(Base):
 
 
 class EventRow(Base):
-    """Tool calls, errors and lifecycle changes of a session."""
+    """Tool calls, errors and lifecycle changes of a session; an error may carry what
+    the failed model call was charged (spend with no reply to store)."""
 
     __tablename__ = "events"
-    __table_args__ = (Index("ix_events_session_kind", "session_id", "kind"),)
+    __table_args__ = (
+        Index("ix_events_session_kind", "session_id", "kind"),
+        Index("ix_events_billed_to_created", "billed_to", "created_at"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     session_id: Mapped[int | None] = mapped_column(
@@ -188,6 +192,12 @@ class EventRow(Base):
     name: Mapped[str] = mapped_column(String(100))
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime]
+    input_tokens: Mapped[int | None] = mapped_column(Integer)
+    output_tokens: Mapped[int | None] = mapped_column(Integer)
+    cache_read_tokens: Mapped[int | None] = mapped_column(Integer)
+    cache_write_tokens: Mapped[int | None] = mapped_column(Integer)
+    cost_usd: Mapped[float | None] = mapped_column(Float)
+    billed_to: Mapped[str | None] = mapped_column(String(120))
 
 
 class JobRunRow(Base):

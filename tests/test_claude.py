@@ -253,6 +253,12 @@ async def test_a_broken_stream_keeps_the_message_and_the_next_turn_works(
     assert "broke off midway" in result.text
     assert result.session_id is not None
     assert [m.role for m in await app.manager.messages(result.session_id)] == [Role.USER]
+    # What the broken answer cost is charged all the same: the caps count it.
+    session = await app.manager.get(result.session_id)
+    assert session.usage.output_tokens > 0 and session.usage.cost_usd > 0
+    [error] = await app.manager.store.events.of(result.session_id, "error")
+    assert error["billed_to"] == "telegram:1" and error["cost_usd"] == session.usage.cost_usd
+    assert await app.manager.spent_today("telegram:1") == pytest.approx(session.usage.cost_usd)
     again, _ = await say(app, "try again", "2")
     assert again.outcome is Outcome.REPLIED
 

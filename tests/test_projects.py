@@ -420,8 +420,14 @@ async def test_approve_through_telegrams_inline_buttons(
             assert target.read_text() == "hello\n"
             answered = tg.calls("answerCallbackQuery")
             assert answered and answered[-1]["text"].startswith("Approved by")
-            await until(lambda: "Approved by" in tg.message(ADMIN, asked["message_id"])["text"])
-            assert "reply_markup" not in tg.message(ADMIN, asked["message_id"])
+
+            def shown() -> JSON:
+                message = tg.message(ADMIN, asked["message_id"])
+                assert message is not None
+                return message
+
+            await until(lambda: "Approved by" in shown()["text"])
+            assert "reply_markup" not in shown()
             assert any(t.endswith("Done with the file.") for t in texts(tg, ADMIN))
         finally:
             await app.close_interfaces([interface], 5.0)

@@ -201,6 +201,19 @@ async def test_spend_sums_one_users_cost_since_a_moment(store: Store) -> None:
     ) == pytest.approx(0.375)
     assert await store.usage.spent(billed_to="telegram:2", since=midnight) == pytest.approx(0.5)
     assert await store.usage.spent(billed_to="nobody", since=midnight) == 0.0
+    # A failed call's cost, kept with its error, counts too (and in the session's totals).
+    before = await store.sessions.get(session.id)
+    await store.events.record(
+        session.id,
+        "error",
+        "stream_broken",
+        usage=Usage(7, 3, cost_usd=0.0625),
+        billed_to="telegram:2",
+    )
+    assert await store.usage.spent(billed_to="telegram:2", since=midnight) == pytest.approx(0.5625)
+    after = await store.sessions.get(session.id)
+    assert after.usage.cost_usd == pytest.approx(before.usage.cost_usd + 0.0625)
+    assert after.usage.output_tokens == before.usage.output_tokens + 3
 
 
 async def test_force_new_ends_the_old_session_and_binds_a_new_one(store: Store) -> None:

@@ -6,17 +6,24 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, String, bindparam, func, insert, select, update
+from sqlalchemy import Select, String, bindparam, func, insert, select, union_all, update
 
 from memory.database import translate_errors
 from memory.store.base import Repository
-from memory.store.rows import calibration, messages, sessions, utcnow
+from memory.store.rows import calibration, events, messages, sessions, utcnow
 from memory.types import SessionStatus, Usage
 
-SPEND: Select[Any] = select(func.coalesce(func.sum(messages.c.cost_usd), 0.0).label("spent")).where(
-    messages.c.billed_to == bindparam("billed_to"),
-    messages.c.created_at >= bindparam("since"),
-)
+
+def _charged(table: Any) -> Select[Any]:
+    return select(table.c.cost_usd.label("cost")).where(
+        table.c.billed_to == bindparam("billed_to"),
+        table.c.created_at >= bindparam("since"),
+    )
+
+
+# Replies (messages) and failed calls that still cost something (error events).
+_CHARGES = union_all(_charged(messages), _charged(events)).subquery()
+SPEND: Select[Any] = select(func.coalesce(func.sum(_CHARGES.c.cost), 0.0).label("spent"))
 
 
 class UsageLedger(Repository):
