@@ -36,6 +36,7 @@ from conversation.operations import Operations, session_id_of
 from memory.database import migrate, open_database
 from memory.errors import PalaverError
 from memory.manager import SessionManager
+from memory.private_files import private_dir
 from memory.store import Store
 from memory.tokens import TokenCounter
 
@@ -106,6 +107,7 @@ def main(argv: Sequence[str]) -> int:
 async def _with_operations(
     config: Config, work: Callable[[Operations], Coroutine[Any, Any, int]]
 ) -> int:
+    private_dir(config.palaver.data_dir)  # as the app makes it: exports are written there
     database = open_database(config.database_url, config.database)
     try:
         await migrate(database)

@@ -94,6 +94,7 @@ async def start_surface(
     token: str | None = TOKEN,
     **settings: Any,
 ) -> Surface:
+    tmp_path.mkdir(parents=True, exist_ok=True)  # the data dir: exports go in it
     dispatcher = make_dispatcher(
         manager, Echo(), access=AccessSettings(), exports=tmp_path / "exports"
     )
