@@ -3,6 +3,7 @@ as the application builds it, and a real HTTP client in front of it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -94,7 +95,7 @@ async def start_surface(
     token: str | None = TOKEN,
     **settings: Any,
 ) -> Surface:
-    tmp_path.mkdir(parents=True, exist_ok=True)  # the data dir: exports go in it
+    await asyncio.to_thread(tmp_path.mkdir, parents=True, exist_ok=True)  # the data dir
     dispatcher = make_dispatcher(
         manager, Echo(), access=AccessSettings(), exports=tmp_path / "exports"
     )
