@@ -7,8 +7,8 @@ as ``AgentError`` carrying a short message fit for the chat user.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from memory.types import Context, Usage
@@ -21,6 +21,9 @@ class AgentRequest:
     max_tokens: int
     session_id: int
     user_id: str | None = None
+    # The base64 data of the files the context sends (images, PDFs), by content hash:
+    # see SessionManager.media_for. Empty for a context without files.
+    media: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

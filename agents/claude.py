@@ -11,6 +11,13 @@ from message_start, output from the last message_delta or, when the stream broke
 before it, counted from the text received. Retried attempts add to the reply's
 usage; a call that gives up carries its cost on the AgentError. An attempt that
 failed before the API said a word is charged nothing, for nothing was reported.
+
+Files (images, PDFs) go as image and document blocks before the text of the turn
+that carried them (the order the vision guide recommends), so they sit inside the
+cached prefix like any text. A model listed in ``claude.text_only_models``, or one
+the API answers 400 for files, gets the text alone (which names each file); so does
+a file the API refused. Either way the reply ends with a note saying so, and the
+files stay in memory.
 """
 
 from __future__ import annotations
@@ -19,12 +26,17 @@ import asyncio
 import logging
 import random
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from typing import Literal, cast
 
 import anthropic
 import httpx2
 from anthropic.types import (
+    Base64ImageSourceParam,
+    Base64PDFSourceParam,
     CacheControlEphemeralParam,
+    DocumentBlockParam,
+    ImageBlockParam,
     MessageParam,
     RawMessageStreamEvent,
     TextBlockParam,
@@ -41,7 +53,7 @@ from agents.base import (
 from agents.pricing import Pricing
 from agents.settings import ClaudeSettings
 from memory.tokens import TokenCounter
-from memory.types import Context, Role, Usage
+from memory.types import Context, ContextMessage, Role, Usage
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +71,59 @@ _ERROR_EVENT_STATUS = {
     "api_error": 500,
     "overloaded_error": 529,
 }
+# A 400 about the files of a request (not its text): the request goes again without.
+_ABOUT_FILES = re.compile(r"\b(image|images|document|pdf|media|vision)\b", re.IGNORECASE)
+_ABOUT_MODEL = re.compile(r"\bmodel\b", re.IGNORECASE)
+_IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+
+Block = TextBlockParam | ImageBlockParam | DocumentBlockParam
+ImageType = Literal["image/jpeg", "image/png", "image/gif", "image/webp"]
 
 
-def build_request(context: Context) -> tuple[list[TextBlockParam], list[MessageParam]]:
-    """System blocks and messages for the Messages API, with cache breakpoints."""
+class _FilesRefused(Exception):
+    """The API answered 400 about a request's files."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _file_block(media_type: str, data: str) -> ImageBlockParam | DocumentBlockParam | None:
+    if media_type in _IMAGE_TYPES:
+        image: Base64ImageSourceParam = {
+            "type": "base64",
+            "media_type": cast(ImageType, media_type),
+            "data": data,
+        }
+        return {"type": "image", "source": image}
+    if media_type == "application/pdf":
+        pdf: Base64PDFSourceParam = {
+            "type": "base64",
+            "media_type": "application/pdf",
+            "data": data,
+        }
+        return {"type": "document", "source": pdf}
+    return None
+
+
+def _content(message: ContextMessage, media: Mapping[str, str]) -> list[Block]:
+    blocks: list[Block] = []
+    for sha256, media_type, *_ in message.media:
+        data = media.get(sha256)
+        block = _file_block(media_type, data) if data is not None else None
+        if block is not None:
+            blocks.append(block)
+    blocks.append({"type": "text", "text": message.text})
+    return blocks
+
+
+def build_request(
+    context: Context, media: Mapping[str, str] | None = None
+) -> tuple[list[TextBlockParam], list[MessageParam]]:
+    """System blocks and messages for the Messages API, with cache breakpoints.
+
+    ``media`` holds the base64 data of the context's files by content hash; a file
+    not in it is left out (its message's text names it)."""
     system: list[TextBlockParam] = []
     if context.system:
         system.append({"type": "text", "text": context.system})
@@ -73,17 +134,30 @@ def build_request(context: Context) -> tuple[list[TextBlockParam], list[MessageP
         system.append({"type": "text", "text": text})
     if system:
         system[-1]["cache_control"] = EPHEMERAL
-    blocks: list[TextBlockParam] = [{"type": "text", "text": m.text} for m in context.messages]
-    if blocks:
-        blocks[-1]["cache_control"] = EPHEMERAL
-    messages = [_message(m.role, block) for m, block in zip(context.messages, blocks, strict=True)]
+    contents: list[list[Block]] = [
+        _content(m, media) if m.media and media else [{"type": "text", "text": m.text}]
+        for m in context.messages
+    ]
+    if contents:
+        contents[-1][-1]["cache_control"] = EPHEMERAL
+    messages = [_message(m.role, c) for m, c in zip(context.messages, contents, strict=True)]
     return system, messages
 
 
-def _message(role: Role, block: TextBlockParam) -> MessageParam:
+def _message(role: Role, content: list[Block]) -> MessageParam:
     if role is Role.ASSISTANT:
-        return {"role": "assistant", "content": [block]}
-    return {"role": "user", "content": [block]}
+        return {"role": "assistant", "content": content}
+    return {"role": "user", "content": content}
+
+
+def _error_text(error: anthropic.APIStatusError) -> str:
+    """The API's own message from its error envelope (the SDK's also names the status)."""
+    body = error.body
+    if isinstance(body, dict):
+        inner = body.get("error")
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return str(inner["message"])
+    return str(error.message)
 
 
 def _status(error: anthropic.APIStatusError) -> int:
@@ -186,12 +260,48 @@ class ClaudeAgent:
         self._pricing = pricing
         self._tokens = tokens or TokenCounter()  # output of a broken stream, estimated
         self._auth_logged = False
+        # Learned from the API's 400 answers (this process): models that cannot read
+        # files, and files the API refused to read.
+        self._text_only: set[str] = set(settings.text_only_models)
+        self._refused: set[str] = set()
 
     def stream(self, request: AgentRequest) -> AsyncIterator[AgentEvent]:
         return self._stream(request)
 
+    def _sendable(self, request: AgentRequest) -> Mapping[str, str]:
+        if not request.media or request.model in self._text_only:
+            return {}
+        if not self._refused:
+            return request.media
+        return {k: v for k, v in request.media.items() if k not in self._refused}
+
+    def _note(self, request: AgentRequest, media: Mapping[str, str], refused: str) -> str:
+        """What the reply adds when the files of the question did not reach the model."""
+        context = request.context
+        newest = context.messages[-1] if context.messages else None
+        if newest is None or newest.role is not Role.USER:
+            return ""
+        files = [ref[0] for ref in newest.media]
+        unsent = sum(1 for sha256 in files if sha256 not in media) + context.media_left_out
+        if not unsent:
+            return ""
+        what = "your file" if unsent == 1 else "your files"
+        kept = f"{what.capitalize()} {'is' if unsent == 1 else 'are'} kept with the conversation."
+        if request.model in self._text_only:
+            why = f"{request.model} can't read images or PDFs"
+        elif refused or any(sha256 in self._refused for sha256 in files):
+            reason = f" ({refused.rstrip('.')})" if refused else ""
+            why = f"Claude couldn't read {what}{reason}"
+        elif context.media_left_out:
+            why = f"{what.capitalize()} didn't fit in this conversation's token budget"
+        else:
+            why = f"{what.capitalize()} could not be found any more"
+        return f"\n\n({why}, so I answered from the text alone. {kept})"
+
     async def _stream(self, request: AgentRequest) -> AsyncIterator[AgentEvent]:
-        system, messages = build_request(request.context)
+        media = self._sendable(request)
+        system, messages = build_request(request.context, media)
+        refused = ""
         attempt = 0
         failed = Usage()  # what the failed attempts so far were charged, unpriced
         while True:
@@ -214,7 +324,16 @@ class ClaudeAgent:
                             yield TextDelta(text)
             except (anthropic.APIStatusError, anthropic.APIConnectionError) as error:
                 failed += reply.charged(self._tokens)
-                wait = self._retry_or_raise(error, attempt, reply.streamed, request, failed)
+                try:
+                    wait = self._retry_or_raise(
+                        error, attempt, reply.streamed, request, failed, bool(media)
+                    )
+                except _FilesRefused as files:
+                    # Again at once, without files: the text is answered all the same.
+                    refused = self._learn(request, media, files.message)
+                    media = {}
+                    system, messages = build_request(request.context, media)
+                    continue
             except httpx2.RequestError as error:
                 # Once the response has begun, the SDK hands its transport's errors on
                 # as they are: a connection cut or a read timeout in the middle.
@@ -224,6 +343,12 @@ class ClaudeAgent:
                 text = "".join(reply.parts)
                 if reply.stop_reason == "max_tokens":
                     text += "\n\n(The answer was cut off at the length limit.)"
+                note = ""
+                if request.media or request.context.media_left_out:
+                    note = self._note(request, media, refused)
+                if note:
+                    yield TextDelta(note)
+                    text += note
                 yield AgentReply(
                     text,
                     self._pricing.priced(request.model, failed + reply.usage()),
@@ -236,13 +361,19 @@ class ClaudeAgent:
             await asyncio.sleep(wait)
 
     def _retry_or_raise(
-        self, error: Exception, attempt: int, streamed: bool, request: AgentRequest, failed: Usage
+        self,
+        error: Exception,
+        attempt: int,
+        streamed: bool,
+        request: AgentRequest,
+        failed: Usage,
+        files: bool = False,
     ) -> float:
         """Seconds to wait before the next attempt, or the AgentError for the user,
         carrying what the failed attempts were charged."""
         try:
             if isinstance(error, anthropic.APIStatusError):
-                return self._classify_status(error, attempt, streamed)
+                return self._classify_status(error, attempt, streamed, files)
             return self._classify_network(error, attempt, streamed)
         except AgentError as give_up:
             if failed != Usage():
@@ -253,10 +384,22 @@ class ClaudeAgent:
         base: float = self._settings.retry_base_delay_s * 2.0**attempt
         return min(self._settings.retry_max_wait_s, base * (0.5 + random.random()))
 
+    def _learn(self, request: AgentRequest, media: Mapping[str, str], message: str) -> str:
+        """Remember what a 400 about files says: the model cannot read files, or these
+        files cannot be read. Returns the API's reason, for the user."""
+        if _ABOUT_MODEL.search(message):
+            log.warning("%s refused files (%s): sending it text only", request.model, message)
+            self._text_only.add(request.model)
+        else:
+            log.warning("Claude refused files (%s): not sending them again", message)
+            self._refused.update(media)
+        return message[:200]
+
     def _classify_status(
-        self, error: anthropic.APIStatusError, attempt: int, streamed: bool
+        self, error: anthropic.APIStatusError, attempt: int, streamed: bool, files: bool = False
     ) -> float:
-        """Seconds to wait before retrying, or raise AgentError for the user."""
+        """Seconds to wait before retrying, or raise AgentError for the user (or
+        _FilesRefused: a request with ``files`` that the API refused for them)."""
         status = _status(error)
         if status == 401 or status == 403:
             if not self._auth_logged:
@@ -274,6 +417,8 @@ class ClaudeAgent:
             match = _TOO_LONG.search(str(error.message))
             if match:
                 raise PromptTooLong(int(match.group(1)), str(error.message))
+            if files and not streamed and _ABOUT_FILES.search(_error_text(error)):
+                raise _FilesRefused(_error_text(error))
             raise AgentError(
                 "Claude could not take this request. Your message is saved; try rephrasing it.",
                 kind="bad_request",

@@ -38,6 +38,13 @@ class OfflineAgent:
             f"{_plural(len(context.summaries), 'summary', 'summaries')}; the context is about "
             f"{context.estimated_tokens:,} tokens ({percent:.0f}% of the budget).",
         ]
+        newest = last is not None and last is context.messages[-1]
+        files = len(last.media) + context.media_left_out if last is not None and newest else 0
+        if files:
+            parts.append(
+                f" I can't look at images or PDFs without a model; your "
+                f"{'file is' if files == 1 else 'files are'} kept with the conversation."
+            )
         for part in parts:
             yield TextDelta(part)
         yield AgentReply("".join(parts), None, self.name)

@@ -29,6 +29,8 @@ class ClaudeSettings(BaseModel):
     cache_write_multiplier: float = Field(1.25, ge=0)
     cache_read_multiplier: float = Field(0.1, ge=0)
     prices: dict[str, list[float]] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
+    # Models that cannot read images or PDFs: their files stay in memory, unsent.
+    text_only_models: list[str] = Field(default_factory=list)
 
     @field_validator("prices")
     @classmethod

@@ -206,7 +206,7 @@ async def memory_use(url: str) -> list[Row]:
         await manager.build_context(sid)  # loads the session into the cache
         entry = manager.cache.peek(sid)
         assert entry is not None
-        text_bytes += sum(sys.getsizeof(text) for _, _, text, _ in entry.tail)
+        text_bytes += sum(sys.getsizeof(message[2]) for message in entry.tail)
     gc.collect()
     after = rss_bytes()
     per_session = (after - before - text_bytes) / len(ids)

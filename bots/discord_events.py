@@ -43,8 +43,12 @@ def actor_of(user: discord.User | discord.Member, channel: object) -> Actor:
 
 
 def attachments_of(message: discord.Message) -> tuple[Attachment, ...]:
+    """A message's files (images with the pixels Discord states) and stickers (named)."""
     files = tuple(
-        Attachment(a.filename, "file", a.content_type, a.size, a.read) for a in message.attachments
+        Attachment(
+            a.filename, "file", a.content_type, a.size, a.read, width=a.width, height=a.height
+        )
+        for a in message.attachments
     )
     stickers = tuple(Attachment(f"a sticker ({s.name})", "sticker") for s in message.stickers)
     return files + stickers

@@ -132,7 +132,10 @@ class TelegramStream:
                 if await self._until_fresh():
                     return
                 continue
+            drafting = bool(self._draft_id)
             await self._push(self._latest)
+            if drafting and not self._draft_id:
+                continue  # drafts refused: show the edited preview now, not an interval on
             if await self._pause(max(self._interval, self._resume_at - loop.time())):
                 return
 

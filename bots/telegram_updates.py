@@ -9,9 +9,11 @@
   ignored; a command addressed to another bot (``/cmd@other_bot``) is kept for the
   context, never answered. In a forum topic every message "replies" to the topic's
   first message: that is no reply.
-- **Files.** Documents are attachments fetched through ``getFile`` (only when the
-  core wants them); photos, stickers, voice and the rest are named by kind; the
-  caption is the text; an album's parts share one notice.
+- **Files.** Documents, photos and static stickers are attachments fetched through
+  ``getFile`` (only when the core wants them); a photo offers each of its sizes,
+  largest first, with their pixels, so that the core takes the largest that fits.
+  Animated and video stickers, voice and the rest are named by kind. The caption is
+  the text; an album's parts carry its ``media_group_id`` and the core gathers them.
 - **Duplicates.** An update delivered twice is dropped here (by chat and message id);
   the core also stores each message once, across restarts.
 """
@@ -20,10 +22,11 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from telegram import CallbackQuery, Message, MessageEntity, Update
+from telegram import CallbackQuery, Document, Message, MessageEntity, PhotoSize, Sticker, Update
 from telegram.constants import ChatType
 
 from bots.telegram_outbound import Target
@@ -141,20 +144,22 @@ class UpdateReader:
     def _attachments(self, message: Message) -> tuple[Attachment, ...]:
         document = message.document
         if document is not None:
-
-            async def fetch() -> bytes:
-                telegram_file = await document.get_file()
-                return bytes(await telegram_file.download_as_bytearray())
-
             return (
                 Attachment(
                     document.file_name or "file",
                     "file",
                     document.mime_type,
                     document.file_size,
-                    fetch,
+                    _fetcher(document),
                 ),
             )
+        if message.photo:
+            sizes = sorted(message.photo, key=lambda p: p.width * p.height, reverse=True)
+            offered = [_photo_size(size) for size in sizes]
+            return (replace(offered[0], smaller=tuple(offered[1:])),)
+        sticker = message.sticker
+        if sticker is not None and not (sticker.is_animated or sticker.is_video):
+            return (_static_sticker(sticker),)
         kind = next((k for k in _MEDIA_KINDS if getattr(message, k, None)), None)
         return () if kind is None else (Attachment(f"a {kind.replace('_', ' ')}", kind),)
 
@@ -186,3 +191,36 @@ class UpdateReader:
     def _without_my_mention(self, text: str) -> str:
         stripped = re.sub(rf"@{re.escape(self.username)}\b", "", text, flags=re.IGNORECASE)
         return re.sub(r"[ \t]{2,}", " ", stripped).strip()
+
+
+def _fetcher(medium: Document | PhotoSize | Sticker) -> Callable[[], Awaitable[bytes]]:
+    async def fetch() -> bytes:
+        telegram_file = await medium.get_file()
+        return bytes(await telegram_file.download_as_bytearray())
+
+    return fetch
+
+
+def _photo_size(size: PhotoSize) -> Attachment:
+    return Attachment(
+        "a photo",
+        "photo",
+        "image/jpeg",  # Telegram re-encodes every photo as JPEG
+        size.file_size,
+        _fetcher(size),
+        width=size.width,
+        height=size.height,
+    )
+
+
+def _static_sticker(sticker: Sticker) -> Attachment:
+    """A static sticker is a WebP image (an animated one is TGS, a video one WebM)."""
+    return Attachment(
+        f"a sticker {sticker.emoji}" if sticker.emoji else "a sticker",
+        "sticker",
+        "image/webp",
+        sticker.file_size,
+        _fetcher(sticker),
+        width=sticker.width,
+        height=sticker.height,
+    )

@@ -24,11 +24,13 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from agents.base import AgentError, AgentReply, TextDelta
 from agents.claude_code import Approver, ClaudeCodeAgent, CodeReply, CodeRequest, ToolProgress
+from agents.uploads import Upload, describe_uploads, write_uploads
+from agents.workspace import WorkspaceError, resolve_workdir
 from conversation.metering import timed_model
 from memory.errors import PalaverError
 from memory.manager import SessionManager
@@ -99,10 +101,17 @@ class CodeTurns:
         on_progress: ProgressSink | None,
         approve: Approver,
         token_limit: int,
+        files: Sequence[Upload] = (),
     ) -> AgentReply:
-        """Run the turn in Claude Code; its reply as an ``AgentReply`` for the turn."""
+        """Run the turn in Claude Code; its reply as an ``AgentReply`` for the turn.
+
+        Files sent with the message (images, PDFs) are written into the project's
+        ``uploads`` folder, and Claude Code is told where they are.
+        """
         if self._agent is None:
             raise AgentError(NO_CLAUDE_CODE, kind="no_claude_code")
+        if files:
+            prompt = await self._with_uploads(project, prompt, files)
         current = await self._manager.code_session(project.id)
         request = self.request(project, prompt, current.session_id if current else None, user)
         if current is not None:
@@ -143,6 +152,17 @@ class CodeTurns:
             self._compact_later(project, session, reply.session_id, user)
         answer = f"{LOST}\n\n{reply.text}" if reply.lost_session else reply.text
         return AgentReply(answer, reply.usage, reply.model)
+
+    async def _with_uploads(self, project: Project, prompt: str, files: Sequence[Upload]) -> str:
+        def write() -> str:
+            workdir = resolve_workdir(self._root, project.workdir or project.name)
+            return describe_uploads(write_uploads(workdir, files), workdir)
+
+        try:
+            where = await asyncio.to_thread(write)
+        except WorkspaceError as error:
+            raise AgentError(str(error), kind="workspace") from None
+        return f"{prompt}\n\n{where}" if where else prompt
 
     async def _memory_of(self, session: SessionInfo) -> str | None:
         """Palaver's memory of the project: its summaries, then its latest messages."""

@@ -18,6 +18,7 @@ from collections.abc import Hashable, Mapping, Sequence
 
 from agents.claude_code import ToolApproval
 from conversation.access import AccessPolicy, Actor
+from conversation.albums import Albums
 from conversation.approvals import Approvals
 from conversation.attachments import AttachmentReader, seen_as
 from conversation.delivery import Outbox
@@ -35,6 +36,7 @@ from conversation.outbound import (
 from conversation.ratelimit import Notices, RateLimiter
 from conversation.registry import CommandCall, Registry, Reply, parse_command
 from conversation.turn import INTERNAL_ERROR, Outcome, Question, Turn, TurnResult
+from memory.attachments import NewAttachment
 from memory.errors import PalaverError
 from memory.types import ChatKey, Delivery, Role, StoredMessage
 
@@ -79,6 +81,7 @@ class Dispatcher:
         self.outbox = outbox
         self.approvals = approvals
         self.notices = Notices()
+        self.albums = Albums(reader.settings.album_wait_s)
         self.draining = False
         self._resumed: set[asyncio.Task[None]] = set()
 
@@ -119,10 +122,16 @@ class Dispatcher:
         """Handle one inbound message; its chat's messages are handled in order.
 
         An interface calls this before its own first ``await`` for the event, so the
-        chat's lane is entered in arrival order.
+        chat's lane is entered in arrival order. The parts of an album join its first
+        part here and are handled with it, as one message (conversation.albums).
         """
+        album = inbound.album is not None and not inbound.edited
+        if album and self.albums.join(inbound):
+            return
         async with self.lanes.lane(inbound.key):
             try:
+                if album:
+                    inbound = await self.albums.gather(inbound)
                 await self._handle(inbound, port)
             except DeliveryError as error:
                 log.info("could not answer in %s: %r", inbound.key.ref, error)
@@ -301,7 +310,9 @@ class Dispatcher:
 
     # -- messages ------------------------------------------------------------------
 
-    def _question(self, inbound: Inbound, text: str) -> Question:
+    def _question(
+        self, inbound: Inbound, text: str, attachments: tuple[NewAttachment, ...] = ()
+    ) -> Question:
         metadata = {"reply_to": inbound.reply_to} if inbound.reply_to else None
         return Question(
             inbound.key,
@@ -310,6 +321,7 @@ class Dispatcher:
             inbound.message_id,
             group=not inbound.private,
             metadata=metadata,
+            attachments=attachments,
         )
 
     async def _observe(self, inbound: Inbound, *, owed: bool = False) -> None:
@@ -322,14 +334,18 @@ class Dispatcher:
 
     async def _ask(self, inbound: Inbound, port: Outbound) -> None:
         text = inbound.text
+        files: tuple[NewAttachment, ...] = ()
         if inbound.attachments:
             read = await self.reader.read(inbound.attachments)
+            if read.media:  # what the chat's session keeps already counts to its limit
+                usage = await self.turn.manager.attachment_usage(inbound.key)
+                read = self.reader.within_quota(read, *usage)
             if read.refused:
                 once = ("refused", inbound.key, inbound.album or inbound.message_id)
                 await self._notice(
                     port, inbound, once, REFUSED_WINDOW_S, self.reader.refusal(read.refused)
                 )
-            text = "\n\n".join(part for part in (text, *read.blocks) if part.strip())
+            text, files = read.text(text), read.media
             if not text.strip() and read.refused:
                 return
         if not text.strip():
@@ -348,9 +364,8 @@ class Dispatcher:
 
         try:
             try:
-                result = await self.turn.handle(
-                    self._question(inbound, text), on_progress=progress, approve=approve
-                )
+                question = self._question(inbound, text, files)
+                result = await self.turn.handle(question, on_progress=progress, approve=approve)
             except Exception:
                 log.exception("the turn failed in %s", inbound.key.ref)
                 result = TurnResult(Outcome.FAILED, INTERNAL_ERROR)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from conversation.outbound import OutboundFile
+from memory.attachments import StoredAttachment
 from memory.manager import SessionManager
 from memory.private_files import private_dir
 from memory.types import Role, SessionInfo, StoredMessage, SummaryRecord, Usage
@@ -84,8 +85,26 @@ def summary_document(s: SummaryRecord) -> dict[str, Any]:
     }
 
 
-def message_document(m: StoredMessage) -> dict[str, Any]:
+def attachment_document(a: StoredAttachment) -> dict[str, Any]:
+    """A kept file as the JSON export references it: by name and content hash (the
+    bytes stay in the database: ``SessionManager.attachment_data``)."""
     return {
+        "name": a.name,
+        "kind": a.kind,
+        "media_type": a.media_type,
+        "sha256": a.sha256,
+        "bytes": a.size,
+        "width": a.width,
+        "height": a.height,
+        "pages": a.pages,
+        "tokens": a.tokens,
+    }
+
+
+def message_document(
+    m: StoredMessage, attachments: list[StoredAttachment] | None = None
+) -> dict[str, Any]:
+    document: dict[str, Any] = {
         "seq": m.seq,
         "role": m.role.value,
         "author_id": m.author_id,
@@ -97,6 +116,9 @@ def message_document(m: StoredMessage) -> dict[str, Any]:
         "metadata": m.metadata,
         "usage": _usage(m.usage),
     }
+    if attachments:
+        document["attachments"] = [attachment_document(a) for a in attachments]
+    return document
 
 
 class _Writer:
@@ -149,8 +171,13 @@ class _Writer:
             lines += ["## Messages", ""]
             out.write("\n".join(lines) + "\n")
 
-    def page(self, messages: list[StoredMessage]) -> None:
+    def page(
+        self,
+        messages: list[StoredMessage],
+        files: dict[int, list[StoredAttachment]] | None = None,
+    ) -> None:
         out = self.out
+        files = files or {}
         for m in messages:
             if self.csv is not None:
                 self.csv.writerow(
@@ -165,7 +192,8 @@ class _Writer:
                     ]
                 )
             elif self.kind == "json":
-                out.write(("" if self.first else ",\n") + json.dumps(message_document(m)))
+                document = message_document(m, files.get(m.seq))
+                out.write(("" if self.first else ",\n") + json.dumps(document))
             else:
                 out.write(f"**{speaker(m)}** · {when(m.created_at)}\n\n{m.text}\n\n")
             self.first = False
@@ -237,7 +265,10 @@ async def write_export(
                 page = await manager.messages(session.id, after=after, limit=PAGE)
                 if not page:
                     break
-                await asyncio.to_thread(writer.page, page)
+                files = None
+                if kind == "json":  # the text names each file; JSON references them too
+                    files = await manager.attachments(session.id, after=after, through=page[-1].seq)
+                await asyncio.to_thread(writer.page, page, files)
                 after = page[-1].seq
                 written += len(page)
                 if on_progress is not None:

@@ -20,6 +20,9 @@ class Attachment:
 
     ``fetch`` downloads its bytes; it is called only once the core has decided the
     file is wanted (never for a stranger's message, never for a file too large).
+    ``width`` and ``height`` are what the platform says of an image; ``smaller``
+    are the other sizes it offers of the same image, largest first (Telegram's
+    photo sizes), from which the core picks the largest that fits its limits.
     """
 
     name: str
@@ -27,6 +30,9 @@ class Attachment:
     content_type: str | None = None
     size: int | None = None
     fetch: Callable[[], Awaitable[bytes]] | None = None
+    width: int | None = None
+    height: int | None = None
+    smaller: tuple[Attachment, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

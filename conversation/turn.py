@@ -24,6 +24,7 @@ from conversation.access import Actor
 from conversation.code_turn import CodeTurns, ProgressSink
 from conversation.metering import TurnObserver, measure, timed_model
 from conversation.settings import AgentSettings
+from memory.attachments import NewAttachment
 from memory.errors import PalaverError
 from memory.manager import SessionManager
 from memory.types import (
@@ -54,6 +55,7 @@ class Question:
     message_id: str | None = None
     group: bool = False  # several people talk here: the model sees who said what
     metadata: dict[str, Any] | None = None
+    attachments: tuple[NewAttachment, ...] = ()  # images and PDFs, kept with the message
 
     @property
     def billed_to(self) -> str:
@@ -177,6 +179,7 @@ class Turn:
             platform_message_id=question.message_id,
             metadata=question.metadata,
             delivery=Delivery.AWAITING if owed else None,
+            attachments=question.attachments,
         )
         if stored.duplicate and stored.delivery is not Delivery.AWAITING:
             return TurnResult(Outcome.DUPLICATE, "", session.id)
@@ -294,6 +297,7 @@ class Turn:
             on_progress=on_progress,
             approve=approve or _deny,
             token_limit=profile.token_limit,
+            files=question.attachments,
         )
 
     async def _context(self, question: Question, session: SessionInfo, profile: Profile) -> Context:
@@ -319,6 +323,7 @@ class Turn:
             max_tokens=profile.max_tokens,
             session_id=session.id,
             user_id=question.billed_to,
+            media=await self.manager.media_for(context) if context.files else {},
         )
         reply: AgentReply | None = None
         text = ""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 
-from memory.context import Block, TailMessage
+from memory.context import Block, TailMessage, has_media
 from memory.store import Snapshot, tail_after
 from memory.types import SessionInfo
 
@@ -25,6 +25,7 @@ class CachedSession:
         "context_start",
         "id",
         "last_seq",
+        "media",
         "message_count",
         "project_id",
         "summaries",
@@ -58,6 +59,8 @@ class CachedSession:
         self.summary_ids: tuple[int, ...] = tuple(s.id for s in snapshot.summaries)
         self.tail: list[TailMessage] = snapshot.tail
         self.tail_first_seq = snapshot.tail_first_seq
+        # How many tail messages carried files: none, and contexts take the text path.
+        self.media = sum(1 for m in self.tail if has_media(m))
         self.verified_at = time.monotonic()
 
     @property

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 
 from memory.cache import CachedSession, SessionCache, carried_block
-from memory.context import TOKENS, TailMessage
+from memory.context import TOKENS, TailMessage, has_media
 from memory.store import AppendOutcome, NewMessage, SessionDelta, Snapshot, Store
 from memory.tokens import TokenCounter
 from memory.types import SessionInfo, StoredMessage
@@ -127,6 +127,14 @@ class CoherentCache:
                 if cached(sid) is not None:
                     appended.setdefault(sid, []).append(
                         (item.role.value, item.token_count, item.text, item.author_name)
+                        if not item.attachments
+                        else (
+                            item.role.value,
+                            item.token_count,
+                            item.text,
+                            item.author_name,
+                            tuple(a.ref for a in item.attachments),
+                        )
                     )
         if len(self.hints) > _MAX_HINTS:
             self.hints.clear()
@@ -140,6 +148,7 @@ class CoherentCache:
                 entry.last_seq += len(news)
                 entry.message_count += len(news)
                 entry.unsummarized_tokens += sum(m[TOKENS] for m in news)
+                entry.media += sum(1 for m in news if has_media(m))
 
             self.apply(delta, extend)
 

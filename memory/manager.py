@@ -18,9 +18,10 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 
 from memory.admin_types import InterfaceUsage, SessionFilter, SessionImport, SessionTotals
+from memory.attachments import KINDS, EncodedMedia, NewAttachment, StoredAttachment, encode
 from memory.cache import SessionCache
 from memory.calibration import Calibration
-from memory.checks import check_metadata, check_origin, check_text, role_of
+from memory.checks import check_metadata, check_origin, check_text, check_unicode, role_of
 from memory.code_sessions import CodeSession, CodeSessions
 from memory.coherence import CoherentCache
 from memory.context import Block, build_context
@@ -53,6 +54,11 @@ from memory.writer import MessageWriter
 
 # Above this size, token counting moves off the event loop.
 _COUNT_IN_THREAD_CHARS = 20_000
+# Files in the context are sent with every turn: their base64 is kept up to this size.
+_ENCODED_MEDIA_BYTES = 64 * 1024 * 1024
+# A blob no message links to is deleted once unused for this long (an append that is
+# about to link to it has had ample time).
+_ORPHAN_GRACE = timedelta(hours=1)
 
 
 class SessionManager:
@@ -83,6 +89,7 @@ class SessionManager:
         self._lifecycle = Lifecycle(
             store, self._coherent, self._summarizing, settings, self.observers
         )
+        self._encoded = EncodedMedia(_ENCODED_MEDIA_BYTES)
         self._code = CodeSessions(store.db)
         # The SDK's session store, on this database: the Claude Code agent resumes
         # projects' sessions from it (wired in bots/app.py).
@@ -291,11 +298,17 @@ class SessionManager:
         billed_to: str | None = None,
         delivery: Delivery | None = None,
         settles: int | None = None,
+        attachments: Sequence[NewAttachment] = (),
     ) -> StoredMessage:
         """Store one message, durably, before returning it.
 
         Idempotent on (chat, platform_message_id): a repeat returns the message
         stored the first time, marked ``duplicate``, and writes nothing.
+
+        ``attachments`` (images, PDFs) are stored with it: their bytes once per
+        content, linked to the message in the same transaction as the message; what
+        they cost in tokens is counted in its token count (the text alone is held
+        to ``max_message_tokens``).
         """
         role = role_of(role)
         check_text(text, self.settings.max_message_chars)
@@ -311,6 +324,8 @@ class SessionManager:
                 f"message is too long: {token_count:,} tokens; "
                 f"the limit is {self.settings.max_message_tokens:,}"
             )
+        if attachments:
+            token_count += await self._keep_files(attachments)
         item = NewMessage(
             session_id=session_id,
             role=role,
@@ -325,6 +340,7 @@ class SessionManager:
             billed_to=billed_to,
             delivery=delivery,
             settles=settles,
+            attachments=tuple(attachments),
         )
         stored = await self._writer.submit(item)
         if billed_to is not None and usage is not None and not stored.duplicate:
@@ -418,6 +434,7 @@ class SessionManager:
             budget=budget or self.settings.token_limit,
             factor=self.tokens.factor(model),
             label_authors=label_authors,
+            media=entry.media > 0,
         )
 
     async def messages(
@@ -460,6 +477,71 @@ class SessionManager:
         self._coherent.touch(delta)
         if usage is not None and billed_to is not None:
             self._spend.charged(billed_to, usage)
+
+    # -- attachments (images and PDFs kept with their message) ---------------------
+
+    async def _keep_files(self, attachments: Sequence[NewAttachment]) -> int:
+        """Check and store the blobs of a message's files; what they cost in tokens."""
+        for a in attachments:
+            if a.kind not in KINDS or not a.data or a.tokens < 0:
+                raise InvalidMessage(f"{a.name!r} is not a file memory can keep")
+            check_unicode(a.name, "the file name")
+        await self.store.attachments.put_blobs(attachments)
+        return sum(a.tokens for a in attachments)
+
+    async def attachment_usage(self, key: ChatKey) -> tuple[int, frozenset[str]]:
+        """The bytes of the files the chat's current session keeps, and their content
+        hashes (a file kept already costs nothing more)."""
+        check_origin(key, None)
+        session, _ = await self.store.sessions.current(key)
+        if session is None:
+            return 0, frozenset()
+        return await self.store.attachments.usage(session.id)
+
+    async def attachments(
+        self, session_id: int, *, after: int = 0, through: int | None = None
+    ) -> dict[int, list[StoredAttachment]]:
+        """The files of a session's messages after seq ``after``, by seq (exports)."""
+        return await self.store.attachments.of_session(session_id, after=after, through=through)
+
+    async def attachment_data(self, sha256: str) -> bytes | None:
+        """The bytes of a kept file, by content hash."""
+        return (await self.store.attachments.data([sha256])).get(sha256)
+
+    async def media_for(self, context: Context) -> dict[str, str]:
+        """The base64 data of the files ``context`` sends, by content hash; a file no
+        longer kept is missing (an agent then sends its message's text alone)."""
+        refs = context.media
+        if not refs:
+            return {}
+        found: dict[str, str] = {}
+        missing: list[str] = []
+        for ref in refs:
+            encoded = self._encoded.get(ref[0])
+            if encoded is None:
+                missing.append(ref[0])
+            else:
+                found[ref[0]] = encoded
+        if missing:
+            loaded = await self.store.attachments.data(missing)
+            for sha256, data in loaded.items():
+                encoded = (
+                    encode(data) if len(data) < 256_000 else await asyncio.to_thread(encode, data)
+                )
+                self._encoded.put(sha256, encoded)
+                found[sha256] = encoded
+        return found
+
+    async def delete_orphaned_attachments(self) -> int:
+        """Delete the blobs no message links to any more (their messages were deleted
+        by retention), unused for an hour; returns how many. For the cleanup job,
+        after ``delete_expired``."""
+        deleted = 0
+        while True:
+            batch = await self.store.attachments.delete_orphans(utcnow() - _ORPHAN_GRACE)
+            deleted += batch
+            if batch < 500:
+                return deleted
 
     # -- stats ----------------------------------------------------------------------
 

@@ -16,8 +16,10 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -292,6 +294,58 @@ class CodeTranscriptSessionRow(Base):
     session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     mtime_ms: Mapped[int] = mapped_column(BigInteger)
     summary: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class AttachmentBlobRow(Base):
+    """The bytes of one file (an image, a PDF), kept once whoever sent it how often.
+
+    ``last_used_at`` moves whenever a message links to it again, so that the sweep of
+    unlinked blobs spares one a message is about to link to.
+    """
+
+    __tablename__ = "attachment_blobs"
+    __table_args__ = (Index("ix_attachment_blobs_last_used", "last_used_at"),)
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    media_type: Mapped[str] = mapped_column(String(100))
+    size: Mapped[int] = mapped_column(BigInteger)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]
+    last_used_at: Mapped[datetime]
+
+
+class MessageAttachmentRow(Base):
+    """A file a message carried: what it was, what it costs in tokens, and its blob.
+
+    Deleted with its message (the foreign key cascades); the blob outlives it until
+    no message links to it (memory.store.attachments sweeps those).
+    """
+
+    __tablename__ = "message_attachments"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["session_id", "seq"],
+            ["messages.session_id", "messages.seq"],
+            name="fk_message_attachments_message",
+            ondelete="CASCADE",
+        ),
+        Index("ix_message_attachments_sha256", "sha256"),
+    )
+
+    session_id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    sha256: Mapped[str] = mapped_column(
+        String(64), ForeignKey("attachment_blobs.sha256", name="fk_message_attachments_blob")
+    )
+    name: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(10))  # image | pdf
+    media_type: Mapped[str] = mapped_column(String(100))
+    size: Mapped[int] = mapped_column(BigInteger)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    pages: Mapped[int | None] = mapped_column(Integer)
+    tokens: Mapped[int] = mapped_column(Integer)
 
 
 class SessionImportRow(Base):

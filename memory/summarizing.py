@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from memory.cache import CachedSession
 from memory.coherence import CoherentCache
-from memory.context import TOKENS, Block
+from memory.context import AUTHOR, ROLE, TEXT, TOKENS, Block, TailMessage, has_media
 from memory.errors import PalaverError
 from memory.observers import Observers, SummaryWritten
 from memory.settings import MemorySettings
@@ -30,6 +30,12 @@ from memory.tokens import MESSAGE_OVERHEAD, TokenCounter
 from memory.types import Role, SummaryRecord
 
 log = logging.getLogger(__name__)
+
+
+def _inputs(first: int, tail: Sequence[TailMessage]) -> list[SummaryInput]:
+    """What the summarizer reads of cached messages: their text, which names each file
+    a message carried (so a summary says what it was); never the files themselves."""
+    return [SummaryInput(first + i, Role(m[ROLE]), m[TEXT], m[AUTHOR]) for i, m in enumerate(tail)]
 
 
 def context_tokens(entry: CachedSession, system_tokens: int) -> int:
@@ -160,10 +166,7 @@ class Summarizing:
         fold = max(1, int(count * self._settings.summarize_fraction))
         base = entry.base
         first = entry.tail_first_seq
-        inputs = [
-            SummaryInput(first + i, Role(role), text, author)
-            for i, (role, _tokens, text, author) in enumerate(entry.tail[:fold])
-        ]
+        inputs = _inputs(first, entry.tail[:fold])
         result = await self._run(inputs, None)
         text, tokens = self._bounded(result.text)
         written = await self._store.summaries.add(
@@ -186,6 +189,8 @@ class Summarizing:
             e.summarized_through = record.last_seq
             e.tail_first_seq = e.base + 1
             del e.tail[:fold]
+            if e.media:  # folded files are not sent again; the summary names them
+                e.media = sum(1 for m in e.tail if has_media(m))
             e.unsummarized_tokens = max(0, e.unsummarized_tokens - removed)
             e.summary_tokens += record.token_count
             e.summaries = (*e.summaries, Block(record.text, record.token_count))
@@ -276,11 +281,7 @@ class Summarizing:
         offset = len(entry.summaries) - len(entry.summary_ids)
         parts = [block.text for block in entry.summaries[offset:]]
         if entry.tail:
-            first = entry.tail_first_seq
-            inputs = [
-                SummaryInput(first + i, Role(role), text, author)
-                for i, (role, _tokens, text, author) in enumerate(entry.tail)
-            ]
+            inputs = _inputs(entry.tail_first_seq, entry.tail)
             parts.append((await self._run(inputs, None)).text)
         if not parts:
             return None

@@ -150,11 +150,16 @@ class SummaryRecord:
 
 
 class ContextMessage(NamedTuple):
-    """One API turn (several stored messages of the same role, merged)."""
+    """One API turn (several stored messages of the same role, merged).
+
+    ``media`` are the files (images, PDFs) its messages carried that go with it, as
+    memory.context's MediaRef tuples: (sha256, media type, tokens, bytes, pages).
+    """
 
     role: Role
     text: str
     author_name: str | None = None
+    media: tuple[tuple[str, str, int, int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +179,13 @@ class Context:
     dropped_messages: int  # unsummarized messages left out to stay within budget
     dropped_summaries: int = 0  # oldest summaries left out when the budget is tiny
     raw_tokens: int = 0  # the estimate before calibration: what calibration compares
+    media_left_out: int = 0  # files of the newest message that did not fit: sent as text
+    files: int = 0  # how many files (images, PDFs) the messages carry
+
+    @property
+    def media(self) -> tuple[tuple[str, str, int, int, int], ...]:
+        """Every file the context sends, oldest first."""
+        return tuple(ref for message in self.messages for ref in message.media)
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,7 @@ from tests.core import make_dispatcher
 from tests.fakes.anthropic_api import FakeAnthropic
 from tests.fakes.discord_api import FakeDiscord, FakeMessage
 from tests.fakes.telegram_api import FakeTelegram
+from tests.media import pdf, png
 
 TOKEN = "fake-discord-token"
 GUILD = 4_100_000_000_000_000_001
@@ -458,14 +459,52 @@ async def test_text_files_are_read_and_other_files_explained(start: Start, dc: F
 
     photo = ("cat.png", b"\x89PNG\r\n\x1a\n", "image/png")
     await dc.user_message(None, "", author_id=ALICE, attachments=[photo])
-    [note] = await h.bot_messages(dm, prefix="I skipped cat.png")
-    assert "I can read messages, captions and text files" in note.content
+    [note] = await h.bot_messages(dm, prefix="I skipped cat.png (not an image I can read")
+    assert "I can read messages, captions, text files" in note.content
     assert "50 KB" in note.content
     assert len(h.agent.requests) == 1  # nothing to answer: no turn
 
     big = ("huge.txt", b"x" * 60_000, "text/plain")
     await dc.user_message(None, "", author_id=ALICE, attachments=[big])
     await h.bot_messages(dm, prefix="I skipped huge.txt (too large)")
+
+
+async def test_image_attachments_reach_the_model_and_unaddressed_ones_stay_unread(
+    start: Start, dc: FakeDiscord
+) -> None:
+    h = await start()
+    shot = png(1920, 1080)
+    await dc.user_message(
+        None,
+        "what's wrong here?",
+        author_id=ALICE,
+        attachments=[("screen.png", shot, "image/png"), ("notes.pdf", pdf(2), "application/pdf")],
+    )
+    dm = dc.dm_channel(ALICE)
+    await h.bot_messages(dm, prefix="echo")
+    request = h.agent.requests[-1]
+    newest = request.context.messages[-1]
+    assert newest.text == (
+        "what's wrong here?\n\n[image: screen.png, 1429x804]\n[PDF: notes.pdf, 2 pages]"
+    )
+    assert [(r[1], r[4]) for r in newest.media] == [("image/png", 0), ("application/pdf", 2)]
+    assert set(request.media) == {r[0] for r in newest.media}  # their data, for the model
+    assert len(dc.downloads) == 2
+
+    # In a guild channel, an image that does not address the bot is named, not fetched.
+    await dc.user_message(
+        CHANNEL,
+        "our new logo",
+        author_id=BOB,
+        username="bob",
+        guild_id=GUILD,
+        attachments=[("logo.png", png(64, 64), "image/png")],
+    )
+    async with asyncio.timeout(5):
+        while not await h.stored(key(CHANNEL)):  # noqa: ASYNC110 - stored by the bot, no event
+            await asyncio.sleep(0.02)
+    assert len(dc.downloads) == 2 and len(h.agent.requests) == 1
+    assert [m.text for m in await h.stored(key(CHANNEL))] == ["our new logo [file: logo.png]"]
 
 
 async def test_a_failed_download_is_named_and_the_question_still_answered(
@@ -610,6 +649,20 @@ async def test_stop_lets_a_turn_in_flight_finish(start: Start, dc: FakeDiscord) 
     dm = dc.dm_channel(ALICE)
     assert [m.content for m in dc.channel_messages(dm)] == ["echo: quick, before you go"]
     assert h.bot.client.is_closed()
+
+
+async def test_discord_out_of_reach_at_start_is_retried_in_the_background(
+    start: Start, dc: FakeDiscord
+) -> None:
+    """A failed login used to close the HTTP session and the retry died on "Session is
+    closed", ending the whole process, Telegram included."""
+    dc.fail("GET /users/@me", 503, times=2)
+    h = await start(connect_timeout_s=0.5)  # returns: Discord is retried in the background
+    assert not h.bot.ready.is_set()
+    async with asyncio.timeout(15):
+        await h.bot.ready.wait()
+    await dc.user_message(None, "finally up", author_id=ALICE)
+    await h.bot_messages(dc.dm_channel(ALICE), prefix="echo: finally up")
 
 
 async def test_a_bad_token_is_a_clear_error(

@@ -484,3 +484,44 @@ async def test_during_shutdown_a_message_is_kept_and_answered_after_the_restart(
         (Role.ASSISTANT, "echo: while you restart"),
     ]
     assert await manager.owed(restarted.outbox.since()) == []
+
+
+async def test_hostile_values_at_the_turn_itself_are_refused_plainly(
+    core: Dispatcher, manager: SessionManager
+) -> None:
+    """The turn is the boundary: values adapters supply are checked there too."""
+    from conversation.turn import Outcome, Question
+
+    deep: dict[str, Any] = {}
+    node = deep
+    for _ in range(5000):
+        node["next"] = {}
+        node = node["next"]
+    result = await core.turn.handle(Question(DM, ANN, "hello", "1", metadata=deep))
+    assert result.outcome is Outcome.REJECTED
+    assert "message metadata is nested deeper than 20 levels" in result.text
+    surrogate = await core.turn.handle(Question(ChatKey("telegram", "\udc80"), ANN, "hi", "2"))
+    assert surrogate.outcome is Outcome.REJECTED
+    assert "the chat id is not valid Unicode text" in surrogate.text
+    assert await history(manager, DM) == []
+
+
+async def test_status_shows_the_context_as_the_summary_trigger_counts_it(
+    core: Dispatcher, manager: SessionManager
+) -> None:
+    """/status used to leave out the system prompt and the model's calibration, so
+    summaries began at about 65% by its own count while it said 70%."""
+    port = RecordingPort()
+    for i in range(4):
+        await core.handle(say(f"message {i} " + "word " * 40, message_id=str(i)), port)
+    session = await manager.find_by_chat(DM)
+    assert session is not None
+    manager.note_calibration("claude-sonnet-4-6", 1000, 1300)  # the model counts 30% more
+    profile = core.turn.profile(None)
+    stats = await manager.session_stats(
+        session.id, system_prompt=profile.system_prompt, model=profile.model
+    )
+    raw = await manager.build_context(session.id, system_prompt=profile.system_prompt)
+    assert stats.context_tokens == round(raw.raw_tokens * 1.3)
+    await core.handle(say("/status"), port)
+    assert f"Context: {stats.context_tokens:,} of" in port.texts[-1]

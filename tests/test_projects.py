@@ -530,3 +530,28 @@ async def test_started_on_telegram_continued_in_a_discord_thread_with_its_button
             finally:
                 await app.close_interfaces(interfaces, 5.0)
                 await app.stop()
+
+
+async def test_a_photo_in_a_project_chat_is_put_in_its_uploads_folder(
+    core: Dispatcher, fake: FakeAnthropic, root: Path
+) -> None:
+    from conversation.inbound import Attachment
+    from tests.media import png
+
+    data = png(64, 48)
+
+    async def fetch() -> bytes:
+        return data
+
+    await say(core, "/project new app")
+    photo = Attachment("../../whiteboard.png", "photo", "image/png", len(data), fetch)
+    port = RecordingPort()
+    await core.handle(
+        Inbound(TG, ANN, "what is on the whiteboard?", "1", attachments=(photo,)), port
+    )
+    [saved] = (root / "app" / "uploads").iterdir()  # a safe name, never a path
+    assert saved.read_bytes() == data
+    prompt = user_text(fake.requests[-1]["messages"][-1])
+    assert "what is on the whiteboard?" in prompt
+    assert f"[The user sent files, saved in the project as: uploads/{saved.name}]" in prompt
+    assert port.texts[-1].startswith("Echo: what is on the whiteboard?")

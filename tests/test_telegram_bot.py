@@ -188,6 +188,23 @@ async def test_the_reply_streams_as_a_draft_then_arrives_as_a_message(
     ), "no draft may land after the final message"
 
 
+async def test_where_drafts_are_refused_the_preview_is_edited_at_the_edit_interval(
+    tmp_path: Path, sqlite_url: str, tg: FakeTelegram, claude: FakeAnthropic
+) -> None:
+    """The fallback preview used to be edited every draft_interval_s (0.5 s)."""
+    claude.chunk_delay = 0.05
+    claude.responder = lambda body: "a long streamed answer " * 20  # about two seconds
+    tg.refuse_drafts = True
+    options = {"draft_interval_s": 0.05, "edit_interval_s": 5.0}
+    async with running(tmp_path, sqlite_url, tg, claude, telegram=options):
+        tg.user_message(ANN, "stream to me")
+        await tg.wait_for_call("deleteMessage", timeout=15)  # the answer is there
+        edits = [c for c in tg.calls("editMessageText") if c["chat_id"] == ANN]
+        assert len(edits) <= 1, f"{len(edits)} edits: the preview ran at the draft interval"
+        previews = [c for c in tg.calls("sendMessage") if c.get("disable_notification")]
+        assert len(previews) == 1, "the preview fell back to one edited message"
+
+
 async def test_reset_starts_a_fresh_context(bot: Bot, tg: FakeTelegram) -> None:
     tg.user_message(ANN, "my name is Ann")
     await tg.wait_for_message(ANN, contains="Echo: my name is Ann")
@@ -527,7 +544,7 @@ async def test_text_documents_are_read_and_media_get_one_short_answer(
     assert "buy milk" in json.dumps(user_text) and "notes.md" in json.dumps(user_text)
 
     tg.user_message(ANN, document=("report.pdf", b"%PDF-1.4"))
-    await tg.wait_for_message(ANN, contains="I skipped report.pdf: I can read")
+    await tg.wait_for_message(ANN, contains="I skipped report.pdf (the PDF is damaged")
     tg.user_message(ANN, document=("big.txt", b"x" * 60_000))
     await tg.wait_for_message(ANN, contains="I skipped big.txt (too large)")
     tg.user_message(ANN, sticker=True)
@@ -535,9 +552,9 @@ async def test_text_documents_are_read_and_media_get_one_short_answer(
     await tg.wait_for_message(ANN, contains="aren't supported", count=4)
     await settle(tg)
     assert len(claude.requests) == 1, "nothing but the text file reached the model"
-    # A caption counts as text: it is answered, and the photo itself named as unread.
+    # A caption counts as text: it is answered, and a photo that is no image named.
     tg.user_message(ANN, photo=True, caption="look at the sky")
-    await tg.wait_for_message(ANN, contains="I skipped a photo")
+    await tg.wait_for_message(ANN, contains="I skipped a photo (the image is damaged")
     await tg.wait_for_message(ANN, contains="Echo: look at the sky")
 
     tg.user_message(ANN, "fixed typo", message_id=5000)
@@ -733,6 +750,25 @@ async def test_a_bad_token_is_a_clear_error(
         assert "WRONG" not in str(caught.value)
         await interface.stop()  # harmless when it never started
     finally:
+        await app.stop()
+
+
+async def test_a_bot_api_out_of_reach_at_start_is_retried_in_the_background(
+    tmp_path: Path, sqlite_url: str, tg: FakeTelegram, claude: FakeAnthropic
+) -> None:
+    """It used to be a start-up error (exit 1), taking the other interfaces down."""
+    tg.outage("getMe", times=2)
+    app = Palaver(make_config(tmp_path, sqlite_url, tg, claude))
+    await app.start()
+    (interface,) = app.build_interfaces()
+    try:
+        await interface.start()  # returns: Telegram is retried in the background
+        assert tg.calls("setMyCommands") == [], "not set up yet: the Bot API is still down"
+        tg.user_message(ANN, "are you up yet?")
+        await tg.wait_for_message(ANN, contains="Echo: are you up yet?", timeout=15)
+        assert [e[2] for e in tg.errors] == [502, 502]
+    finally:
+        await app.close_interfaces([interface], 2.0)
         await app.stop()
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from memory.database import Database
 from memory.store.admin import Admin
+from memory.store.attachments import Attachments
 from memory.store.events import Events
 from memory.store.jobs import JobRuns
 from memory.store.messages import Messages
@@ -53,3 +54,4 @@ class Store:
         self.usage = UsageLedger(db)
         self.jobs = JobRuns(db)
         self.admin = Admin(db)
+        self.attachments = Attachments(db)

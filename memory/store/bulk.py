@@ -39,6 +39,20 @@ _MESSAGE_COLUMNS = (
     "billed_to",
     "delivery",
 )
+_LINK_COLUMNS = (
+    "session_id",
+    "seq",
+    "position",
+    "sha256",
+    "name",
+    "kind",
+    "media_type",
+    "size",
+    "width",
+    "height",
+    "pages",
+    "tokens",
+)
 
 
 def _identity(value: Any) -> Any:
@@ -88,6 +102,10 @@ class BulkAppend:
             f"version = version + 1 WHERE id = {m[11]}"
         )
         self.update_if_version = self.update + f" AND version = {self._marks(13)[12]}"
+        self.insert_links = (
+            f"INSERT INTO message_attachments ({', '.join(_LINK_COLUMNS)}) "
+            f"VALUES ({', '.join(self._marks(len(_LINK_COLUMNS)))})"
+        )
         m = self._marks(3)
         self.mark = (
             f"UPDATE messages SET delivery = {m[0]} WHERE session_id = {m[1]} AND seq = {m[2]}"
@@ -209,6 +227,35 @@ class BulkAppend:
             None if item.delivery is None else item.delivery.value,
         )
 
+    @staticmethod
+    def link_rows(
+        items: Sequence[NewMessage], results: Sequence[StoredMessage | BaseException]
+    ) -> list[tuple[Any, ...]]:
+        """The message_attachments rows of a planned batch: its messages' files, each
+        linked to the seq its message was given."""
+        rows: list[tuple[Any, ...]] = []
+        for item, result in zip(items, results, strict=True):
+            if not item.attachments or not isinstance(result, StoredMessage):
+                continue
+            for position, a in enumerate(item.attachments):
+                rows.append(
+                    (
+                        item.session_id,
+                        result.seq,
+                        position,
+                        a.sha256,
+                        a.name[:255],
+                        a.kind,
+                        a.media_type,
+                        len(a.data),
+                        a.width,
+                        a.height,
+                        a.pages,
+                        a.tokens,
+                    )
+                )
+        return rows
+
     def run_sqlite(
         self,
         conn: sqlite3.Connection,
@@ -245,6 +292,8 @@ class BulkAppend:
                     if conn.executemany(update, updates).rowcount != len(updates):
                         raise StaleHint
                     conn.executemany(self.insert, inserts)
+                    if any(item.attachments for item in items):
+                        conn.executemany(self.insert_links, self.link_rows(items, outcome.results))
                 if marks:
                     conn.executemany(self.mark, marks)
             except StaleHint:

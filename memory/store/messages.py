@@ -13,7 +13,9 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from memory.context import TailMessage
 from memory.database import Database, translate_errors
+from memory.store.attachments import media_in
 from memory.store.base import Repository
 from memory.store.bulk import BulkAppend, StaleHint, Tally
 from memory.store.rows import (
@@ -149,6 +151,9 @@ class Messages(Repository):
                 if inserts:
                     await conn.exec_driver_sql(bulk.update, updates)
                     await conn.exec_driver_sql(bulk.insert, inserts)
+                    if any(item.attachments for item in items):
+                        rows = bulk.link_rows(items, outcome.results)
+                        await conn.exec_driver_sql(bulk.insert_links, rows)
             if marks:
                 await conn.exec_driver_sql(bulk.mark, list(marks))
         return outcome
@@ -208,9 +213,8 @@ class Messages(Repository):
                 .order_by(m.seq)
             )
             roles = {role.value: role.value for role in Role}  # one str object per role
-            return Snapshot(
-                info,
-                [summary_record(r) for r in active.mappings()],
-                [(roles[r[0]], r[1], r[2], r[3]) for r in tail.all()],
-                start + 1,
-            )
+            cached: list[TailMessage] = [(roles[r[0]], r[1], r[2], r[3]) for r in tail.all()]
+            # Messages that carried files get their MediaRefs as a fifth element.
+            for seq, refs in (await media_in(conn, session_id, start, info.last_seq)).items():
+                cached[seq - start - 1] = (*cached[seq - start - 1][:4], refs)
+            return Snapshot(info, [summary_record(r) for r in active.mappings()], cached, start + 1)

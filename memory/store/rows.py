@@ -14,11 +14,14 @@ from typing import Any
 
 from sqlalchemy import Table
 
+from memory.attachments import NewAttachment
 from memory.context import TailMessage
 from memory.models import (
+    AttachmentBlobRow,
     ChatBindingRow,
     EventRow,
     JobRunRow,
+    MessageAttachmentRow,
     MessageRow,
     ProjectRow,
     SessionRow,
@@ -44,6 +47,8 @@ summaries: Table = SummaryRow.__table__  # type: ignore[assignment]
 events: Table = EventRow.__table__  # type: ignore[assignment]
 job_runs: Table = JobRunRow.__table__  # type: ignore[assignment]
 calibration: Table = TokenCalibrationRow.__table__  # type: ignore[assignment]
+blobs: Table = AttachmentBlobRow.__table__  # type: ignore[assignment]
+links: Table = MessageAttachmentRow.__table__  # type: ignore[assignment]
 
 CONTINUABLE = (SessionStatus.ACTIVE, SessionStatus.IDLE, SessionStatus.FINALIZED)
 
@@ -77,6 +82,8 @@ class NewMessage:
     billed_to: str | None = None
     delivery: Delivery | None = None
     settles: int | None = None  # a reply: the seq of the question it answers
+    # Files stored with it (their blobs are kept already); linked in the same transaction.
+    attachments: tuple[NewAttachment, ...] = ()
 
 
 # A change of what a stored message is owed: (new delivery or None, session id, seq).

@@ -22,6 +22,7 @@ from memory.store.rows import (
     as_utc,
     bindings,
     events,
+    links,
     messages,
     project_of,
     projects,
@@ -305,8 +306,9 @@ class Sessions(Repository):
             ids = list((await conn.execute(doomed)).scalars().all())
             if not ids:
                 return 0
-            # Explicit child deletes: SQLite only cascades with foreign keys on.
-            for table in (messages, summaries, events):
+            # Explicit child deletes: SQLite only cascades with foreign keys on. The
+            # files' blobs go with the orphan sweep (Attachments.delete_orphans).
+            for table in (links, messages, summaries, events):
                 await conn.execute(delete(table).where(table.c.session_id.in_(ids)))
             await conn.execute(
                 update(bindings)

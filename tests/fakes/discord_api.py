@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
 import json
 import mimetypes
 import re
@@ -44,6 +45,7 @@ from urllib.parse import quote
 import yarl
 from aiohttp import BodyPartReader, WSMsgType, web
 from aiohttp.typedefs import Handler
+from PIL import Image, UnidentifiedImageError
 
 JSON = dict[str, Any]
 T = TypeVar("T")
@@ -178,6 +180,7 @@ class FakeAttachment:
     content_type: str | None
     url: str
     description: str | None = None
+    size: tuple[int, int] | None = None  # an image's pixels, as Discord reports them
 
     def payload(self, *, ephemeral: bool = False) -> JSON:
         out: JSON = {
@@ -188,6 +191,8 @@ class FakeAttachment:
             "proxy_url": self.url,
             "content_type": self.content_type,
         }
+        if self.size is not None:
+            out["width"], out["height"] = self.size
         if self.description is not None:
             out["description"] = self.description
         if ephemeral:
@@ -511,6 +516,7 @@ class FakeDiscord:
         self.gateway_connects: list[str] = []  # path + query: which URL, compression, encoding
         self.messages: dict[int, FakeMessage] = {}
         self.attachments: dict[int, FakeAttachment] = {}
+        self.downloads: list[int] = []  # attachment ids fetched from the CDN, in order
         self.typing: list[tuple[int, float]] = []  # (channel id, monotonic time)
         self.commands: dict[int | None, list[JSON]] = {None: []}  # guild id (None: global)
         self.interactions: dict[int, FakeInteraction] = {}
@@ -1015,7 +1021,7 @@ class FakeDiscord:
         aid = self.snowflake()
         ctype = content_type or mimetypes.guess_type(filename)[0]
         url = f"{self.url}/attachments/{channel_id}/{aid}/{quote(filename)}"
-        att = FakeAttachment(aid, filename, data, ctype, url, description)
+        att = FakeAttachment(aid, filename, data, ctype, url, description, _image_size(data))
         self.attachments[aid] = att
         return att
 
@@ -1854,6 +1860,7 @@ class FakeDiscord:
         att = self.attachments.get(int(request.match_info["attachment"]))
         if att is None or f"/attachments/{request.match_info['channel']}/" not in att.url:
             return web.Response(status=404, text="Not Found")
+        self.downloads.append(att.id)
         return web.Response(
             body=att.data, content_type=att.content_type or "application/octet-stream"
         )
@@ -2188,6 +2195,15 @@ async def _read_body(request: web.Request) -> tuple[Any, list[tuple[int, str, by
         return json.loads(text), uploads
     except ValueError:
         raise DiscordError(400, 50109, "The request body contains invalid JSON.") from None
+
+
+def _image_size(data: bytes) -> tuple[int, int] | None:
+    """An image's pixels (Discord states them for images), or None for other files."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
 
 
 def _validate_uploads(

@@ -14,6 +14,7 @@ side for a bot that must split long answers.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import mimetypes
 import re
@@ -24,7 +25,10 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from aiohttp import web
+from PIL import Image, UnidentifiedImageError
 
+PHOTO_EDGES = (90, 320, 800, 1280, 2560)  # the long edges of the sizes Telegram makes
+MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024  # getFile refuses larger files to bots
 JSON = dict[str, Any]
 T = TypeVar("T")
 
@@ -458,6 +462,8 @@ class FakeTelegram:
         self.errors: list[tuple[str, JSON, int, str]] = []
         """(method, params, error_code, description) for every failed call."""
         self.drafts: list[JSON] = []
+        # True: sendMessageDraft is refused, as for a bot whose drafts Telegram disabled.
+        self.refuse_drafts = False
         self.actions: list[JSON] = []
         self.documents: list[JSON] = []
         self.callback_answers: list[JSON] = []
@@ -474,6 +480,7 @@ class FakeTelegram:
         self._file_counter = 0
         self._callback_counter = 0
         self._floods: dict[str, list[_Flood]] = {}
+        self._outages: dict[str, int] = {}
         self._allowed_updates: set[str] | None = None
         self._poll_generation = 0
         self._waiters: list[asyncio.Future[None]] = []
@@ -563,6 +570,11 @@ class FakeTelegram:
         """Answer the next ``times`` calls of ``method`` with 429 and ``retry_after``."""
         self._floods.setdefault(method.lower(), []).append(_Flood(times, retry_after))
 
+    def outage(self, method: str = "getMe", times: int = 1) -> None:
+        """Answer the next ``times`` calls of ``method`` with 502 Bad Gateway, as the Bot
+        API's front end does while Telegram is down."""
+        self._outages[method.lower()] = self._outages.get(method.lower(), 0) + times
+
     # -- driving the bot as users ---------------------------------------------------------------
 
     def add_chat(
@@ -609,15 +621,21 @@ class FakeTelegram:
         caption: str | None = None,
         document: tuple[str, bytes] | tuple[str, bytes, str] | None = None,
         photo: bool | bytes = False,
-        sticker: bool = False,
+        sticker: bool | bytes = False,
+        animated_sticker: bool = False,
         voice: bool | bytes = False,
         edited: bool = False,
         message_id: int | None = None,
+        media_group_id: str | None = None,
     ) -> JSON:
         """Inject a user's message (or its edit) and return the Update dict.
 
         Entities for ``/commands`` and ``@mentions`` are generated unless ``entities`` is
         given; documents, photos and voice notes are stored so getFile/download work.
+        A photo given as real image bytes is offered in the sizes Telegram makes (long
+        edges of 90, 320, 800, 1280 and 2560 px, re-encoded as JPEG, up to the
+        original's); ``photo=True`` offers two sizes of bytes that are not an image.
+        A sticker given as bytes is a static WebP sticker of their size.
         """
         if user_id is None:
             user_id = chat_id if chat_type == "private" else 1001
@@ -672,7 +690,9 @@ class FakeTelegram:
             mime = mime or mimetypes.guess_type(name)[0] or "application/octet-stream"
             stored = self.store_file(data, "documents", file_name=name, mime_type=mime)
             message["document"] = self._file_object(stored)
-        if photo:
+        if isinstance(photo, bytes) and _image_size(photo) is not None:
+            message["photo"] = self._photo_sizes(photo)
+        elif photo:
             data = photo if isinstance(photo, bytes) else b"\xff\xd8\xff\xe0fake-jpeg"
             small = self.store_file(data[:64], "photos", mime_type="image/jpeg")
             large = self.store_file(data, "photos", mime_type="image/jpeg")
@@ -680,14 +700,22 @@ class FakeTelegram:
                 {**self._file_object(small, named=False), "width": 90, "height": 90},
                 {**self._file_object(large, named=False), "width": 800, "height": 800},
             ]
-        if sticker:
-            stored = self.store_file(b"RIFF-fake-webp", "stickers", mime_type="image/webp")
+        if media_group_id is not None:
+            message["media_group_id"] = media_group_id
+        if sticker or animated_sticker:
+            data = sticker if isinstance(sticker, bytes) else b"RIFF-fake-webp"
+            width, height = _image_size(data) or (512, 512)
+            stored = self.store_file(
+                data,
+                "stickers",
+                mime_type="application/x-tgsticker" if animated_sticker else "image/webp",
+            )
             message["sticker"] = {
                 **self._file_object(stored, named=False),
                 "type": "regular",
-                "width": 512,
-                "height": 512,
-                "is_animated": False,
+                "width": width,
+                "height": height,
+                "is_animated": animated_sticker,
                 "is_video": False,
                 "emoji": "👍",
             }
@@ -741,6 +769,24 @@ class FakeTelegram:
         self.updates.append(update)
         self._notify()
         return update
+
+    def _photo_sizes(self, data: bytes) -> list[JSON]:
+        """The PhotoSize list Telegram makes of an uploaded photo, smallest first."""
+        with Image.open(io.BytesIO(data)) as original:
+            image = original.convert("RGB")
+        sizes: list[JSON] = []
+        for edge in PHOTO_EDGES:
+            scale = min(1.0, edge / max(image.size))
+            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+            out = io.BytesIO()
+            image.resize(size).save(out, "JPEG", quality=87)
+            stored = self.store_file(out.getvalue(), "photos", mime_type="image/jpeg")
+            sizes.append(
+                {**self._file_object(stored, named=False), "width": size[0], "height": size[1]}
+            )
+            if scale == 1.0:
+                break
+        return sizes
 
     def store_file(
         self,
@@ -884,6 +930,10 @@ class FakeTelegram:
             return self._envelope(error)
         if name != "getUpdates":
             self.sent.append((name, params))
+        if self._outages.get(name.lower(), 0) > 0:
+            self._outages[name.lower()] -= 1
+            self.errors.append((name, params, 502, "Bad Gateway"))
+            return web.Response(status=502, text="<html>502 Bad Gateway</html>")
         delay = self.latencies.get(name, self.latency if name != "getUpdates" else 0.0)
         try:
             if delay > 0:
@@ -1132,7 +1182,7 @@ class FakeTelegram:
 
     async def _send_message_draft(self, params: JSON) -> bool:
         chat = self._chat(params)
-        if chat["type"] != "private":
+        if chat["type"] != "private" or self.refuse_drafts:
             raise bad_request("TEXTDRAFT_PEER_INVALID")
         if not params.get("draft_id"):
             raise bad_request("draft_id must be non-zero")
@@ -1232,6 +1282,8 @@ class FakeTelegram:
         stored = self.files.get(str(params.get("file_id") or ""))
         if stored is None:
             raise bad_request("invalid file_id")
+        if len(stored.data) > MAX_DOWNLOAD_BYTES:  # the Bot API's download limit
+            raise bad_request("file is too big")
         if stored.file_path is None:
             suffix = ""
             if stored.file_name and "." in stored.file_name:
@@ -1253,6 +1305,14 @@ class FakeTelegram:
             )
         self.callback_answers.append(params)
         return True
+
+
+def _image_size(data: bytes) -> tuple[int, int] | None:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
 
 
 def _commands_key(scope: JSON | None, language_code: str) -> tuple[str, str]:
