@@ -28,7 +28,13 @@ from pydantic import (
 )
 
 from conversation.export import FORMAT_ID
-from memory.admin_types import ImportMessage, ImportSummary, SessionImport, fingerprint
+from memory.admin_types import (
+    ImportAttachment,
+    ImportMessage,
+    ImportSummary,
+    SessionImport,
+    fingerprint,
+)
 from memory.errors import PalaverError
 from memory.tokens import TokenCounter
 from memory.types import Role, SessionStatus, Usage
@@ -94,6 +100,18 @@ class SummaryDoc(_Strict):
     created_at: AwareDatetime
 
 
+class AttachmentDoc(_Strict):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=255)]
+    kind: Literal["image", "pdf"]
+    media_type: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    bytes: Annotated[int, Field(ge=0, le=MAX_TOKENS)]
+    width: Annotated[int, Field(ge=0, le=1_000_000)] | None
+    height: Annotated[int, Field(ge=0, le=1_000_000)] | None
+    pages: Annotated[int, Field(ge=0, le=1_000_000)] | None
+    tokens: Annotated[int, Field(ge=0, le=10_000_000)]
+
+
 class MessageDoc(_Strict):
     seq: Annotated[int, Field(ge=1, le=MAX_ID)]
     role: Role
@@ -105,6 +123,7 @@ class MessageDoc(_Strict):
     platform_message_id: Id100 | None
     metadata: dict[str, Any] | None
     usage: UsageDoc | None
+    attachments: Annotated[list[AttachmentDoc], Field(max_length=100)] = []
 
 
 class ExportDoc(_Strict):
@@ -202,6 +221,20 @@ def to_import(
                 platform_message_id=m.platform_message_id,
                 metadata=m.metadata,
                 usage=None if m.usage is None else m.usage.usage(),
+                attachments=tuple(
+                    ImportAttachment(
+                        a.name,
+                        a.kind,
+                        a.media_type,
+                        a.sha256,
+                        a.bytes,
+                        a.width,
+                        a.height,
+                        a.pages,
+                        a.tokens,
+                    )
+                    for a in m.attachments
+                ),
             )
         )
         if on_progress is not None and index % 1000 == 0:

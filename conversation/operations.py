@@ -271,15 +271,23 @@ class Operations:
     ) -> dict[str, Any]:
         """Restore a JSON export: all of it or nothing, and only once."""
         item = await read_export(raw, self.manager.tokens, on_progress)
-        info, created = await self.manager.import_session(item)
+        restored = await self.manager.import_session(item)
+        info, created = restored.session, restored.created
+        note = None
+        if not created:
+            note = "this export is here already (imported before, or never left): nothing changed"
+        elif restored.files_missing:
+            note = (
+                f"{restored.files_missing} file(s) were not linked again: an export holds no "
+                "file bytes, and this database does not have them"
+            )
         return {
             "session_id": info.id,
             "imported": created,
             "messages": info.message_count,
             "original_id": item.id,
-            "note": None
-            if created
-            else "this export is here already (imported before, or never left): nothing changed",
+            "files_missing": restored.files_missing,
+            "note": note,
         }
 
     # -- changing -------------------------------------------------------------------

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from memory.types import Role, SessionStatus, Usage
+from memory.types import Role, SessionInfo, SessionStatus, Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +39,22 @@ class SessionTotals:
 
 
 @dataclass(frozen=True, slots=True)
+class ImportAttachment:
+    """A file an exported message carried, by content hash: exports hold no bytes, so
+    it is linked again only where this database still has that file."""
+
+    name: str
+    kind: str
+    media_type: str
+    sha256: str
+    size: int
+    width: int | None
+    height: int | None
+    pages: int | None
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
 class ImportMessage:
     seq: int
     role: Role
@@ -50,6 +66,7 @@ class ImportMessage:
     platform_message_id: str | None
     metadata: dict[str, Any] | None
     usage: Usage | None
+    attachments: tuple[ImportAttachment, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +100,16 @@ class SessionImport:
     closing_summary: str | None
     messages: tuple[ImportMessage, ...] = field(default=())
     summaries: tuple[ImportSummary, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """What an import did: the session, whether it was written now (False: this
+    export is here already), and files not linked again (their bytes are not here)."""
+
+    session: SessionInfo
+    created: bool
+    files_missing: int = 0
 
 
 @dataclass(frozen=True, slots=True)

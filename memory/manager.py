@@ -17,7 +17,13 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from memory.admin_types import InterfaceUsage, SessionFilter, SessionImport, SessionTotals
+from memory.admin_types import (
+    InterfaceUsage,
+    Restored,
+    SessionFilter,
+    SessionImport,
+    SessionTotals,
+)
 from memory.attachments import KINDS, EncodedMedia, NewAttachment, StoredAttachment, encode
 from memory.cache import SessionCache
 from memory.calibration import Calibration
@@ -636,9 +642,9 @@ class SessionManager:
         self.observers.changed([session_id], Change.DELETED, utcnow(), info.chat_ref)
         return info
 
-    async def import_session(self, item: SessionImport) -> tuple[SessionInfo, bool]:
-        """Restore an exported session, all of it or nothing; (session, False) when
-        this export is here already."""
+    async def import_session(self, item: SessionImport) -> Restored:
+        """Restore an exported session, all of it or nothing (``created`` False: this
+        export is here already)."""
         for text in (item.carried_summary, item.closing_summary):
             if text is not None:
                 check_text(text, self.settings.max_message_chars)
@@ -646,12 +652,13 @@ class SessionManager:
             check_text(message.text, self.settings.max_message_chars)
             check_metadata(message.metadata)
         try:
-            info, created = await self.store.admin.restore(item)
+            restored = await self.store.admin.restore(item)
         except IntegrityError:  # a concurrent import of the same export, or of its id
-            info, created = await self.store.admin.restore(item)
-        if created:
+            restored = await self.store.admin.restore(item)
+        if restored.created:
+            info = restored.session
             self.observers.changed([info.id], Change.IMPORTED, utcnow(), info.chat_ref)
-        return info, created
+        return restored
 
     # -- summaries ------------------------------------------------------------------
 

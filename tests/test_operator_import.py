@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from memory.admin_types import SessionFilter
+from memory.attachments import NewAttachment
 from memory.manager import SessionManager
 from memory.types import ChatKey, Role, Usage
 from tests.conftest import ManagerFactory
@@ -222,3 +223,35 @@ async def test_hostile_imports_get_a_clear_4xx_and_nothing_is_half_imported(
     assert status == 413 and "at most" in body["error"]
     status, ok = await surface.send("POST", "/api/import", doc)
     assert status == 201 and ok["messages"] == 40  # the good one still goes in
+
+
+async def test_files_are_linked_again_where_their_bytes_are_here(
+    surface: Surface, make_manager: ManagerFactory, tmp_path: Path
+) -> None:
+    manager = surface.manager
+    key = ChatKey("telegram", "77")
+    session = await manager.open(key)
+    photo = NewAttachment.of("cat.png", "image", "image/png", b"\x89PNG" + b"c" * 5000, 420)
+    await manager.add_message(session.id, Role.USER, "look at this", attachments=[photo])
+    await manager.add_message(session.id, Role.ASSISTANT, "a cat")
+    raw = await export(surface, session.id)
+    doc = json.loads(raw)
+    assert doc["messages"][0]["attachments"][0]["sha256"] == photo.sha256
+    await surface.send("DELETE", f"/api/sessions/{session.id}")  # the blob stays until swept
+    status, result = await surface.send("POST", "/api/import", raw=raw)
+    assert status == 201 and result["files_missing"] == 0
+    again = json.loads(await export(surface, result["session_id"]))
+    again["session"].pop("id")
+    doc["session"].pop("id")
+    assert again == doc
+
+    fresh = await make_manager(url=f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}")
+    other = await start_surface(fresh, tmp_path / "other")
+    try:
+        status, result = await other.send("POST", "/api/import", raw=raw)
+        assert status == 201 and result["files_missing"] == 1
+        assert "not linked again" in result["note"]
+        (first, _) = await fresh.messages(result["session_id"])
+        assert first.token_count == doc["messages"][0]["token_count"] - 420
+    finally:
+        await stop_surface(other)

@@ -27,6 +27,7 @@ from sqlalchemy import (
 
 from memory.admin_types import (
     InterfaceUsage,
+    Restored,
     SessionFilter,
     SessionImport,
     SessionTotals,
@@ -39,7 +40,9 @@ from memory.store.base import Repository, bump_statement
 from memory.store.rows import (
     CONTINUABLE,
     bindings,
+    blobs,
     events,
+    links,
     messages,
     projects,
     session_info,
@@ -219,13 +222,13 @@ class Admin(Repository):
             raise SessionNotFound(f"session {session_id} does not exist")
         return row
 
-    async def restore(self, item: SessionImport) -> tuple[SessionInfo, bool]:
-        """Store an imported session in one transaction; (the session, True), or the
-        session already here, False, when this export was imported before (or the
-        session never left). Nothing is written unless all of it is."""
+    async def restore(self, item: SessionImport) -> Restored:
+        """Store an imported session in one transaction, or find it here already (this
+        export was imported before, or the session never left). Nothing is written
+        unless all of it is. Files are linked again where their bytes are here."""
         now = utcnow()
 
-        def transaction(conn: Connection) -> tuple[SessionInfo, bool]:
+        def transaction(conn: Connection) -> Restored:
             known = conn.execute(
                 select(sessions)
                 .join(session_imports, session_imports.c.session_id == sessions.c.id)
@@ -233,7 +236,7 @@ class Admin(Repository):
             ).mappings()
             found = known.first()
             if found is not None:
-                return session_info(found), False
+                return Restored(session_info(found), False)
             same = conn.execute(select(sessions).where(sessions.c.id == item.id)).mappings()
             here = same.first()
             if here is not None and item.origin == fingerprint(
@@ -243,7 +246,18 @@ class Admin(Repository):
                 here["chat_ref"],
                 here["scope"],
             ):
-                return session_info(here), False
+                return Restored(session_info(here), False)
+            hashes = {a.sha256 for m in item.messages for a in m.attachments}
+            present = set()
+            if hashes:
+                have = conn.execute(select(blobs.c.sha256).where(blobs.c.sha256.in_(hashes)))
+                present = {str(h) for h in have.scalars()}
+            linked = {
+                m.seq: [a for a in m.attachments if a.sha256 in present] for m in item.messages
+            }
+            counts = {
+                m.seq: m.token_count + sum(a.tokens for a in linked[m.seq]) for m in item.messages
+            }
             new_id = self._restored_id(conn, item.id, taken=here is not None)
             project_id = item.project_id
             if project_id is not None:
@@ -251,7 +265,7 @@ class Admin(Repository):
                 project_id = project_id if live.first() is not None else None
             last = item.messages[-1].seq if item.messages else 0
             through = max((s.last_seq for s in item.summaries), default=0)
-            unsummarized = sum(m.token_count for m in item.messages if m.seq > through)
+            unsummarized = sum(counts[m.seq] for m in item.messages if m.seq > through)
             usage = item.usage
             values: dict[str, Any] = {
                 "scope": item.scope,
@@ -269,7 +283,7 @@ class Admin(Repository):
                 "last_seq": last,
                 "summarized_through": through,
                 "context_start": 1,
-                "message_tokens": sum(m.token_count for m in item.messages),
+                "message_tokens": sum(counts.values()),
                 "unsummarized_tokens": unsummarized,
                 "summary_tokens": sum(s.token_count for s in item.summaries),
                 "tool_calls": 0,
@@ -288,9 +302,32 @@ class Admin(Repository):
                 values["id"] = new_id
             sid = conn.execute(insert(sessions).values(**values).returning(sessions.c.id))
             session_id = int(sid.scalar_one())
-            rows = [_message_row(session_id, m) for m in item.messages]
+            rows = [_message_row(session_id, m, counts[m.seq]) for m in item.messages]
             for start in range(0, len(rows), _IMPORT_CHUNK):
                 conn.execute(insert(messages), rows[start : start + _IMPORT_CHUNK])
+            files = [
+                {
+                    "session_id": session_id,
+                    "seq": seq,
+                    "position": position,
+                    "sha256": a.sha256,
+                    "name": a.name,
+                    "kind": a.kind,
+                    "media_type": a.media_type,
+                    "size": a.size,
+                    "width": a.width,
+                    "height": a.height,
+                    "pages": a.pages,
+                    "tokens": a.tokens,
+                }
+                for seq, kept in linked.items()
+                for position, a in enumerate(kept)
+            ]
+            if files:
+                conn.execute(insert(links), files)
+                conn.execute(
+                    update(blobs).where(blobs.c.sha256.in_(present)).values(last_used_at=now)
+                )
             if item.summaries:
                 conn.execute(
                     insert(summaries),
@@ -317,7 +354,8 @@ class Admin(Repository):
             )
             conn.execute(lifecycle_event(session_id, "imported", {"from": item.id}))
             stored = conn.execute(select(sessions).where(sessions.c.id == session_id))
-            return session_info(stored.mappings().one()), True
+            missing = sum(len(m.attachments) - len(linked[m.seq]) for m in item.messages)
+            return Restored(session_info(stored.mappings().one()), True, missing)
 
         async with translate_errors():
             return await self.db.run_write(transaction)
@@ -346,14 +384,14 @@ class Admin(Repository):
         return wanted
 
 
-def _message_row(session_id: int, m: Any) -> dict[str, Any]:
+def _message_row(session_id: int, m: Any, token_count: int) -> dict[str, Any]:
     u = m.usage
     return {
         "session_id": session_id,
         "seq": m.seq,
         "role": m.role.value,
         "text": m.text,
-        "token_count": m.token_count,
+        "token_count": token_count,
         "author_id": m.author_id,
         "author_name": m.author_name,
         # Imported history is no chat's live conversation: its platform ids do not
