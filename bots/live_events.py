@@ -190,6 +190,9 @@ class LiveEvents:
                 await self.sio.emit(name, payload, to=rooms, skip_sid=self._behind() or None)
             except Exception:
                 log.exception("a live event could not be sent")
+            # Neither a full queue nor an emit (its send queues are unbounded) waits:
+            # without this a burst would be sent in one go, holding up the turns.
+            await asyncio.sleep(0)
 
     def _behind(self) -> list[str]:
         """Clients too far behind to be sent more now."""
