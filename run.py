@@ -16,6 +16,7 @@ import signal
 import sys
 from pathlib import Path
 
+from bots import admin_cli
 from bots.app import Palaver, freeze_startup_heap
 from bots.config import Config, ConfigError, load_config, render_config
 from bots.console import Console
@@ -54,7 +55,7 @@ async def serve(config: Config, *, console_only: bool) -> int:
             print(f"palaver: {interface.name} is up", flush=True)
         freeze_startup_heap()
         await app.resume(started)
-        if not started:
+        if not [i for i in started if i.name != "api"]:  # no bot: the console (beside the API)
             print(app.startup_hint(), flush=True)
             console = Console(app.dispatcher, config.palaver.data_dir)
             chatting = asyncio.create_task(console.run())
@@ -87,12 +88,15 @@ def configure_logging(config: Config, *, console: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else argv
+    if admin_cli.handles(arguments):  # sessions ..., stats: the operator's commands
+        return admin_cli.main(arguments)
     parser = argparse.ArgumentParser(prog="palaver", description="A chat-bot host for Claude.")
     parser.add_argument("--config", type=Path, help="configuration file (default: config.toml)")
     parser.add_argument(
         "command", nargs="?", default="run", choices=["run", "console", "check-config"]
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     # Secrets come only from the environment: redact them from anything written,
     # a bad configuration's own lines included.
     redactor = Redactor.from_environ(os.environ)

@@ -12,6 +12,7 @@ import gc
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import anthropic
 
@@ -42,6 +43,9 @@ from memory.private_files import private_dir
 from memory.store import Store
 from memory.summarizer import Summarizer
 from memory.tokens import TokenCounter
+
+if TYPE_CHECKING:
+    from bots.http_server import OperatorServer
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +78,7 @@ class Palaver:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._wiring: Wiring | None = None
+        self.operator: OperatorServer | None = None  # the HTTP API, when [http] is enabled
 
     @property
     def wiring(self) -> Wiring:
@@ -167,6 +172,13 @@ class Palaver:
             approvals=Approvals(access, config.claude_code.approval_timeout_s),
         )
         self._wiring = Wiring(database, manager, agent, turn, dispatcher, client, code)
+        if config.http.enabled:
+            from bots.http_server import OperatorServer  # aiohttp's server: loaded when on
+
+            token = config.secrets.palaver_admin_token
+            secret = token.get_secret_value() if token else None
+            exports = config.palaver.data_dir / "exports"
+            self.operator = OperatorServer(config.http, secret, dispatcher, exports)
         log.info("palaver started: database %s, agent %s", database.reader.dialect.name, agent.name)
 
     async def stop(self) -> None:
@@ -208,7 +220,10 @@ class Palaver:
 
             interfaces.append(
                 TelegramBot(
-                    self.config.telegram, telegram_token.get_secret_value(), self.dispatcher
+                    self.config.telegram,
+                    telegram_token.get_secret_value(),
+                    self.dispatcher,
+                    trace=self.operator.metrics.trace("telegram") if self.operator else None,
                 )
             )
         discord_token = self.config.secrets.discord_bot_token
@@ -216,8 +231,15 @@ class Palaver:
             from bots.discord_bot import DiscordBot  # discord.py is loaded only when configured
 
             interfaces.append(
-                DiscordBot(self.config.discord, discord_token.get_secret_value(), self.dispatcher)
+                DiscordBot(
+                    self.config.discord,
+                    discord_token.get_secret_value(),
+                    self.dispatcher,
+                    trace=self.operator.metrics.trace("discord") if self.operator else None,
+                )
             )
+        if self.operator is not None:
+            interfaces.append(self.operator.watch(interfaces))
         return interfaces
 
     def startup_hint(self) -> str:

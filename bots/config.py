@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from agents.settings import ClaudeCodeSettings, ClaudeSettings, ProjectsSettings, SpendSettings
+from bots.http_settings import HttpSettings
 from conversation.settings import (
     AccessSettings,
     AgentSettings,
@@ -32,7 +33,7 @@ from conversation.settings import (
 from memory.settings import DatabaseSettings, MemorySettings
 
 ENV_PREFIX = "PALAVER_"
-SECRET_ENV = ("TELEGRAM_BOT_TOKEN", "DISCORD_BOT_TOKEN", "ANTHROPIC_API_KEY")
+SECRET_ENV = ("TELEGRAM_BOT_TOKEN", "DISCORD_BOT_TOKEN", "ANTHROPIC_API_KEY", "PALAVER_ADMIN_TOKEN")
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
 
 
@@ -94,6 +95,7 @@ class Secrets(BaseModel):
     telegram_bot_token: SecretStr | None = None
     discord_bot_token: SecretStr | None = None
     anthropic_api_key: SecretStr | None = None
+    palaver_admin_token: SecretStr | None = None
 
 
 class Config(_Section):
@@ -110,6 +112,7 @@ class Config(_Section):
     attachments: AttachmentSettings = Field(default_factory=AttachmentSettings)
     telegram: TelegramSettings = Field(default_factory=TelegramSettings)
     discord: DiscordSettings = Field(default_factory=DiscordSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
     secrets: Secrets = Field(default_factory=Secrets, exclude=True)
     source: Path | None = Field(None, exclude=True)
     # Keys that still work but have moved: said once at start, in the log.

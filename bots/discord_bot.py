@@ -60,10 +60,16 @@ class PalaverClient(discord.Client):
     """discord.Client whose events go to the adapter; the subclass exists for the hooks."""
 
     def __init__(
-        self, bot: DiscordBot, intents: discord.Intents, *, guild_ready_timeout: float
+        self,
+        bot: DiscordBot,
+        intents: discord.Intents,
+        *,
+        guild_ready_timeout: float,
+        http_trace: aiohttp.TraceConfig | None = None,
     ) -> None:
         super().__init__(
             intents=intents,
+            http_trace=http_trace or aiohttp.TraceConfig(),  # an empty one counts nothing
             guild_ready_timeout=guild_ready_timeout,
             # The model's text must never ping @everyone, roles or arbitrary users.
             allowed_mentions=discord.AllowedMentions(
@@ -101,6 +107,7 @@ class DiscordBot:
         dispatcher: Dispatcher,
         *,
         guild_ready_timeout: float | None = None,
+        trace: aiohttp.TraceConfig | None = None,  # counts Discord's API errors (metrics)
     ) -> None:
         self.token = token
         self.settings = settings
@@ -113,12 +120,18 @@ class DiscordBot:
             guild_ready_timeout=GUILD_READY_TIMEOUT_S
             if guild_ready_timeout is None
             else guild_ready_timeout,
+            http_trace=trace,
         )
         self.ready = asyncio.Event()
         self.ports = PortSettings(settings.stream_edit_interval_s, self._pressed)
         self._runner: asyncio.Task[None] | None = None
         build_tree(self.client.tree, dispatcher.registry, self.on_slash, self._call_of)
         self._add_ask()
+
+    @property
+    def connected(self) -> bool:
+        """Connected to the gateway and ready (readiness)."""
+        return self.ready.is_set() and self.client.is_ready() and not self.client.is_closed()
 
     # -- lifecycle -----------------------------------------------------------------
 

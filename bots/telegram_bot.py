@@ -27,6 +27,7 @@ import itertools
 import logging
 from typing import Any
 
+import aiohttp
 from telegram import BotCommand, BotCommandScopeChat, CallbackQuery, Message, Update
 from telegram.error import InvalidToken, TelegramError
 from telegram.ext import (
@@ -57,7 +58,9 @@ _UNBOUNDED_UPDATES = 2**31 - 1
 _RETRY_MAX_S = 60.0
 
 
-def build_application(settings: TelegramSettings, token: str) -> TelegramApp:
+def build_application(
+    settings: TelegramSettings, token: str, trace: aiohttp.TraceConfig | None = None
+) -> TelegramApp:
     """The PTB Application, not yet initialized (no network until ``start``)."""
     # Bot API URLs carry the token, and httpx logs every request URL at INFO.
     httpx_log = logging.getLogger("httpx")
@@ -72,8 +75,8 @@ def build_application(settings: TelegramSettings, token: str) -> TelegramApp:
         .rate_limiter(FloodControl(settings.flood_max_retries, settings.flood_max_wait_s))
     )
     if settings.http_client == "aiohttp":
-        builder = builder.request(AiohttpRequest(settings.connection_pool_size))
-        builder = builder.get_updates_request(AiohttpRequest(1))
+        builder = builder.request(AiohttpRequest(settings.connection_pool_size, trace=trace))
+        builder = builder.get_updates_request(AiohttpRequest(1, trace=trace))
     else:
         builder = (
             builder.connection_pool_size(settings.connection_pool_size)
@@ -88,10 +91,17 @@ class TelegramBot:
 
     name = INTERFACE
 
-    def __init__(self, settings: TelegramSettings, token: str, dispatcher: Dispatcher) -> None:
+    def __init__(
+        self,
+        settings: TelegramSettings,
+        token: str,
+        dispatcher: Dispatcher,
+        *,
+        trace: aiohttp.TraceConfig | None = None,  # counts the Bot API's errors (metrics)
+    ) -> None:
         self.settings = settings
         self.dispatcher = dispatcher
-        self.application = build_application(settings, token)
+        self.application = build_application(settings, token, trace)
         self.application.add_handler(TypeHandler(Update, self._on_update))
         self.application.add_error_handler(self._on_error)
         self.drafts = settings.use_drafts
@@ -100,6 +110,12 @@ class TelegramBot:
         self._starting: asyncio.Task[None] | None = None
         self._initialized = False
         self._running = False
+
+    @property
+    def connected(self) -> bool:
+        """Polling the Bot API (readiness)."""
+        updater = self.application.updater
+        return self._running and updater is not None and updater.running
 
     @property
     def bot(self) -> ExtBot[RateLimitArgs]:

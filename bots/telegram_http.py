@@ -44,7 +44,9 @@ class AiohttpRequest(BaseRequest):
         connect_timeout: float | None = 5.0,
         pool_timeout: float | None = 30.0,
         media_write_timeout: float | None = 20.0,
+        trace: aiohttp.TraceConfig | None = None,
     ) -> None:
+        self._trace = [trace] if trace is not None else None  # counts errors and 429s
         self._pool_size = connection_pool_size
         self._read_timeout = read_timeout
         self._write_timeout = write_timeout
@@ -61,7 +63,7 @@ class AiohttpRequest(BaseRequest):
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(limit=self._pool_size, limit_per_host=0)
             # No trust_env: aiohttp would look proxies up in a thread on every request.
-            self._session = aiohttp.ClientSession(connector=connector)
+            self._session = aiohttp.ClientSession(connector=connector, trace_configs=self._trace)
 
     async def shutdown(self) -> None:
         if self._session is not None and not self._session.closed:

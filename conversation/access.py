@@ -28,6 +28,10 @@ class Actor:
 
 
 class AccessPolicy:
+    # Interfaces that authenticate their callers themselves: whoever reaches the core
+    # through the HTTP API holds its admin token, and names the participant.
+    AUTHENTICATED = frozenset({"api"})
+
     def __init__(self, settings: AccessSettings) -> None:
         self._allowed = set(settings.allowed_users)
         # Discord's guild, role and channel ids are all snowflakes, unique across kinds,
@@ -48,7 +52,7 @@ class AccessPolicy:
         return actor.interface == "console"
 
     def allows(self, actor: Actor) -> bool:
-        if self.is_operator(actor) or self._everyone:
+        if self.is_operator(actor) or self._everyone or actor.interface in self.AUTHENTICATED:
             return True
         if self._matches(actor, self._allowed) or self.is_admin(actor):
             return True

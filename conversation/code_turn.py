@@ -31,6 +31,7 @@ from agents.base import AgentError, AgentReply, TextDelta
 from agents.claude_code import Approver, ClaudeCodeAgent, CodeReply, CodeRequest, ToolProgress
 from agents.uploads import Upload, describe_uploads, write_uploads
 from agents.workspace import WorkspaceError, resolve_workdir
+from conversation.metering import timed_model
 from memory.errors import PalaverError
 from memory.manager import SessionManager
 from memory.types import ChatKey, Project, Role, SessionInfo
@@ -121,7 +122,7 @@ class CodeTurns:
         tools: list[str] = []
         reply: CodeReply | None = None
         async with contextlib.aclosing(self._agent.stream(request, approve)) as events:
-            async for event in events:
+            async for event in timed_model(events):
                 if isinstance(event, TextDelta):
                     text += event.text
                 elif isinstance(event, ToolProgress):

@@ -22,6 +22,7 @@ from agents.claude_code import Approver, ToolApproval
 from agents.settings import SpendSettings
 from conversation.access import Actor
 from conversation.code_turn import CodeTurns, ProgressSink
+from conversation.metering import TurnObserver, measure, timed_model
 from conversation.settings import AgentSettings
 from memory.attachments import NewAttachment
 from memory.errors import PalaverError
@@ -111,6 +112,7 @@ class Turn:
         self.settings = settings
         self.spend = spend or SpendSettings(user_daily_usd=0, session_usd=0)
         self.code = code
+        self.observers: list[TurnObserver] = []  # told of every turn (conversation.metering)
 
     def profile(self, project: Project | None) -> Profile:
         limit = (project and project.token_limit) or self.manager.default_token_limit
@@ -130,6 +132,14 @@ class Turn:
         *,
         on_progress: ProgressSink | None = None,
         approve: Approver | None = None,
+    ) -> TurnResult:
+        if self.observers:
+            turn = self._handle(question, on_progress, approve)
+            return await measure(self.observers, question.key.interface, turn)
+        return await self._handle(question, on_progress, approve)
+
+    async def _handle(
+        self, question: Question, on_progress: ProgressSink | None, approve: Approver | None
     ) -> TurnResult:
         try:
             # 1. resolve the session: the chat's own, or its active project's (read fresh,
@@ -323,7 +333,7 @@ class Turn:
         )
         reply: AgentReply | None = None
         text = ""
-        async for event in self.agent.stream(request):
+        async for event in timed_model(self.agent.stream(request)):
             if isinstance(event, TextDelta):
                 text += event.text
                 if on_progress is not None:

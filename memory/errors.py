@@ -28,5 +28,9 @@ class ProjectExists(PalaverError):
     """A project with that name exists already."""
 
 
+class SessionNotOpen(PalaverError):
+    """The session has ended (or expired) already: it cannot be ended or added to."""
+
+
 class StoreUnavailable(PalaverError):
     """The database is locked, down or unreachable; nothing was written."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from memory.coherence import CoherentCache
+from memory.observers import Change, Observers
 from memory.settings import MemorySettings
 from memory.store import Store, utcnow
 from memory.summarizing import Summarizing
@@ -25,7 +26,9 @@ class Lifecycle:
         cache: CoherentCache,
         summarizing: Summarizing,
         settings: MemorySettings,
+        observers: Observers | None = None,
     ) -> None:
+        self._observers = observers if observers is not None else Observers()
         self._store = store
         self._cache = cache
         self._summarizing = summarizing
@@ -39,7 +42,10 @@ class Lifecycle:
         left active: the summary would miss that message.
         """
         now = utcnow()
-        await self._store.sessions.mark_idle(now - timedelta(seconds=self._settings.idle_after_s))
+        idle = await self._store.sessions.mark_idle(
+            now - timedelta(seconds=self._settings.idle_after_s)
+        )
+        self._observers.changed(idle, Change.IDLE, now)
         done = 0
         for session in await self._store.sessions.find(status=SessionStatus.IDLE, limit=limit):
             closing = await self._summarizing.closing_summary(session.id)
@@ -49,6 +55,7 @@ class Lifecycle:
             if delta is not None:
                 self._cache.apply(delta, None)
                 done += 1
+                self._observers.changed([session.id], Change.FINALIZED, utcnow(), session.chat_ref)
         return done
 
     async def write_closing_summary(self, session_id: int) -> None:
@@ -62,6 +69,7 @@ class Lifecycle:
         ids = await self._store.sessions.expire(
             utcnow() - timedelta(seconds=self._settings.expire_after_s)
         )
+        self._observers.changed(ids, Change.EXPIRED, utcnow())
         for sid in ids:
             self._cache.drop(sid)
             if self._settings.carry_closing_summary:

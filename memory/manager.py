@@ -11,10 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
+
+from memory.admin_types import (
+    InterfaceUsage,
+    Restored,
+    SessionFilter,
+    SessionImport,
+    SessionTotals,
+)
 from memory.attachments import KINDS, EncodedMedia, NewAttachment, StoredAttachment, encode
 from memory.cache import SessionCache
 from memory.calibration import Calibration
@@ -24,9 +33,11 @@ from memory.coherence import CoherentCache
 from memory.context import Block, build_context
 from memory.errors import InvalidMessage
 from memory.lifecycle import Lifecycle
+from memory.observers import Change, MessageStored, Observer, Observers
 from memory.settings import MemorySettings
 from memory.spend import SpendTracker
-from memory.store import NewMessage, Store, utcnow
+from memory.store import AppendOutcome, NewMessage, Store, utcnow
+from memory.store.rows import CONTINUABLE
 from memory.summarizer import Summarizer
 from memory.summarizing import Summarizing
 from memory.tokens import TokenCounter
@@ -72,13 +83,18 @@ class SessionManager:
         )
         self.cache: SessionCache = self._coherent.cache
         self._locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
+        self.observers = Observers()  # see observe()
         self._writer = MessageWriter(
-            store, self._coherent.appended, settings.write_batch_size, self._coherent.hints
+            store, self._committed, settings.write_batch_size, self._coherent.hints
         )
         self._spend = SpendTracker(store)
         self._calibration = Calibration(store, tokens)
-        self._summarizing = Summarizing(store, self._coherent, tokens, settings, summarizer)
-        self._lifecycle = Lifecycle(store, self._coherent, self._summarizing, settings)
+        self._summarizing = Summarizing(
+            store, self._coherent, tokens, settings, summarizer, self.observers
+        )
+        self._lifecycle = Lifecycle(
+            store, self._coherent, self._summarizing, settings, self.observers
+        )
         self._encoded = EncodedMedia(_ENCODED_MEDIA_BYTES)
         self._code = CodeSessions(store.db)
         # The SDK's session store, on this database: the Claude Code agent resumes
@@ -88,6 +104,19 @@ class SessionManager:
     async def start(self) -> None:
         """Load the per-model token calibration."""
         await self._calibration.load()
+
+    def observe(self, callback: Observer) -> Callable[[], None]:
+        """Be told of every message stored, summary written and change of a session's
+        state in this process (memory.observers); returns the function that stops it."""
+        return self.observers.add(callback)
+
+    def _committed(self, items: list[NewMessage], outcome: AppendOutcome) -> None:
+        """Right after a batch commits: the cache first, then whoever watches."""
+        self._coherent.appended(items, outcome)
+        if self.observers:
+            for result in outcome.results:
+                if isinstance(result, StoredMessage) and not result.duplicate:
+                    self.observers.emit(MessageStored(result))
 
     async def close(self) -> None:
         """Finish pending writes and background summaries."""
@@ -159,6 +188,10 @@ class SessionManager:
         )
         if opened.project_id is not None and (project is None or project.id != opened.project_id):
             project = await self.store.projects.get(id=opened.project_id)
+        if self.observers and (session is None or session.id != opened.id):
+            if session is not None and session.status in CONTINUABLE:
+                self.observers.changed([session.id], Change.EXPIRED, utcnow(), session.chat_ref)
+            self.observers.changed([opened.id], Change.CREATED, opened.created_at, key.ref)
         return self._coherent.fresh(opened), project
 
     async def reset(self, key: ChatKey) -> SessionInfo:
@@ -173,6 +206,10 @@ class SessionManager:
         )
         if current is not None:
             self._coherent.drop(current.id)
+        if self.observers:
+            if current is not None and current.status in CONTINUABLE:
+                self.observers.changed([current.id], Change.ENDED, session.created_at, key.ref)
+            self.observers.changed([session.id], Change.RESET, session.created_at, key.ref)
         return self._coherent.fresh(session)
 
     async def get(self, session_id: int) -> SessionInfo:
@@ -559,6 +596,69 @@ class SessionManager:
             cache_hits=self.cache.hits,
             cache_misses=self.cache.misses,
         )
+
+    # -- the operator's view (the HTTP API and the command line) --------------------
+
+    async def sessions_page(
+        self, where: SessionFilter, *, before_id: int | None = None, limit: int = 50
+    ) -> list[SessionInfo]:
+        """Sessions matching ``where``, newest first, ids below ``before_id``."""
+        return await self.store.admin.page(where, before_id=before_id, limit=limit)
+
+    async def sessions_totals(self, where: SessionFilter) -> SessionTotals:
+        return await self.store.admin.totals(where)
+
+    async def summary_counts(self, session_ids: Sequence[int]) -> dict[int, int]:
+        return await self.store.admin.summary_counts(session_ids)
+
+    async def sessions_by_status(self) -> dict[str, int]:
+        return await self.store.admin.by_status()
+
+    async def usage_by_interface(self) -> list[InterfaceUsage]:
+        return await self.store.admin.by_interface()
+
+    async def usage_by_day(self, since: datetime | None = None) -> dict[str, Usage]:
+        """Reported tokens and cost per UTC day ("YYYY-MM-DD")."""
+        return await self.store.usage.totals("day", since=since)
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless the database answers."""
+        await self.store.admin.ping()
+
+    async def end_session(self, session_id: int) -> SessionInfo:
+        """End a session that is still going (as /reset does for its chat)."""
+        async with self.lock(session_id):
+            info = await self.store.admin.end(session_id)
+        self._coherent.drop(session_id)
+        self.observers.changed([session_id], Change.ENDED, utcnow(), info.chat_ref)
+        return info
+
+    async def delete_session(self, session_id: int) -> SessionInfo:
+        """Delete a session with its messages, summaries and events, now."""
+        async with self.lock(session_id):
+            info = await self.store.admin.delete(session_id)
+        self._coherent.drop(session_id)
+        self._coherent.hints.pop(session_id, None)
+        self.observers.changed([session_id], Change.DELETED, utcnow(), info.chat_ref)
+        return info
+
+    async def import_session(self, item: SessionImport) -> Restored:
+        """Restore an exported session, all of it or nothing (``created`` False: this
+        export is here already)."""
+        for text in (item.carried_summary, item.closing_summary):
+            if text is not None:
+                check_text(text, self.settings.max_message_chars)
+        for message in item.messages:
+            check_text(message.text, self.settings.max_message_chars)
+            check_metadata(message.metadata)
+        try:
+            restored = await self.store.admin.restore(item)
+        except IntegrityError:  # a concurrent import of the same export, or of its id
+            restored = await self.store.admin.restore(item)
+        if restored.created:
+            info = restored.session
+            self.observers.changed([info.id], Change.IMPORTED, utcnow(), info.chat_ref)
+        return restored
 
     # -- summaries ------------------------------------------------------------------
 

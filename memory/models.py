@@ -346,3 +346,15 @@ class MessageAttachmentRow(Base):
     height: Mapped[int | None] = mapped_column(Integer)
     pages: Mapped[int | None] = mapped_column(Integer)
     tokens: Mapped[int] = mapped_column(Integer)
+
+
+class SessionImportRow(Base):
+    """A session restored from an export, by the export's fingerprint: importing the
+    same export again finds it here and changes nothing."""
+
+    __tablename__ = "session_imports"
+    __table_args__ = (Index("ix_session_imports_session", "session_id"),)
+
+    origin: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[int] = mapped_column(BigId, ForeignKey("sessions.id", ondelete="CASCADE"))
+    imported_at: Mapped[datetime]

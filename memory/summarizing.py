@@ -14,6 +14,7 @@ writes the summary, flagged, and ``upgrade_fallbacks`` rewrites it later.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Sequence
 
@@ -21,6 +22,7 @@ from memory.cache import CachedSession
 from memory.coherence import CoherentCache
 from memory.context import AUTHOR, ROLE, TEXT, TOKENS, Block, TailMessage, has_media
 from memory.errors import PalaverError
+from memory.observers import Observers, SummaryWritten
 from memory.settings import MemorySettings
 from memory.store import Store
 from memory.summarizer import ExtractiveSummarizer, Summarizer, SummaryInput, SummaryText
@@ -55,7 +57,9 @@ class Summarizing:
         tokens: TokenCounter,
         settings: MemorySettings,
         summarizer: Summarizer | None,
+        observers: Observers | None = None,
     ) -> None:
+        self._observers = observers if observers is not None else Observers()
         self._store = store
         self._cache = cache
         self._tokens = tokens
@@ -193,6 +197,8 @@ class Summarizing:
             e.summary_ids = (*e.summary_ids, record.id)
 
         self._cache.apply(delta, folded)
+        if self._observers:
+            self._observers.emit(SummaryWritten(record))
         return record
 
     async def merge_if_needed(
@@ -220,6 +226,8 @@ class Summarizing:
             fallback=result.fallback,
         )
         self._cache.drop(session_id)
+        if written is not None and self._observers:
+            self._observers.emit(SummaryWritten(written[0], merged=True))
         return None if written is None else written[0]
 
     @property
@@ -256,6 +264,15 @@ class Summarizing:
             if delta is not None:
                 self._cache.apply(delta, None)
                 upgraded += 1
+                if self._observers:
+                    new = dataclasses.replace(
+                        record,
+                        text=text,
+                        token_count=tokens,
+                        summarizer=result.summarizer,
+                        fallback=False,
+                    )
+                    self._observers.emit(SummaryWritten(new, upgraded=True))
         return upgraded
 
     async def closing_summary(self, session_id: int) -> str | None:

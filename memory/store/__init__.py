@@ -12,6 +12,7 @@ Only ``memory.manager.SessionManager`` uses the store; everything else goes thro
 from __future__ import annotations
 
 from memory.database import Database
+from memory.store.admin import Admin
 from memory.store.attachments import Attachments
 from memory.store.events import Events
 from memory.store.jobs import JobRuns
@@ -52,4 +53,5 @@ class Store:
         self.events = Events(db)
         self.usage = UsageLedger(db)
         self.jobs = JobRuns(db)
+        self.admin = Admin(db)
         self.attachments = Attachments(db)
