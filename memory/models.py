@@ -189,6 +189,8 @@ class JobRunRow(Base):
     outcome: Mapped[str] = mapped_column(String(20))
     counts: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
+    # The process that ran it (its jobs.instance name); None for runs from before 0005.
+    instance: Mapped[str | None] = mapped_column(String(120))
 
 
 class TokenCalibrationRow(Base):
@@ -201,3 +203,16 @@ class TokenCalibrationRow(Base):
     reported_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     samples: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime]
+
+
+class JobLeaseRow(Base):
+    """Who runs a job now: taken by compare-and-set, renewed while the job runs, and
+    free once ``expires_at`` has passed (so a crashed holder's lease runs out)."""
+
+    __tablename__ = "job_leases"
+
+    job: Mapped[str] = mapped_column(String(60), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(120))
+    # When the holder took it: a scheduled run skips a job another instance began lately.
+    started_at: Mapped[datetime]
+    expires_at: Mapped[datetime]

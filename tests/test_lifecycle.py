@@ -1,11 +1,15 @@
 """Session lifecycle through the manager: active -> idle -> finalized -> expired ->
-deleted, /reset, and what the next message does at each stage."""
+deleted, /reset, and what the next message does at each stage.
+
+The jobs' clock is a ``Clock`` the test moves: it starts at the real time (the store
+stamps messages with it) and jumps forward past idle_after, expire_after and
+retain_for, so nothing sleeps through an interval."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -24,6 +28,20 @@ KEY = ChatKey("telegram", "42")
 OTHER = ChatKey("discord", "9")
 
 
+class Clock:
+    """The jobs' "now": starts at the real time, moved by the test."""
+
+    def __init__(self) -> None:
+        self.at = utcnow()
+
+    def __call__(self) -> datetime:
+        return self.at
+
+    def advance(self, seconds: float) -> datetime:
+        self.at += timedelta(seconds=seconds)
+        return self.at
+
+
 async def set_columns(manager: SessionManager, sid: int, **values: Any) -> None:
     async with manager.store.db.writer.begin() as conn:
         await conn.execute(update(sessions).where(sessions.c.id == sid).values(**values))
@@ -31,6 +49,18 @@ async def set_columns(manager: SessionManager, sid: int, **values: Any) -> None:
 
 async def quiet_for(manager: SessionManager, sid: int, seconds: float) -> None:
     await set_columns(manager, sid, last_activity_at=utcnow() - timedelta(seconds=seconds))
+
+
+async def finalized(manager: SessionManager, now: datetime | None = None) -> int:
+    return (await manager.finalize_idle(now=now))["finalized"]
+
+
+async def expired(manager: SessionManager, now: datetime | None = None) -> int:
+    return (await manager.expire_sessions(now=now))["expired"]
+
+
+async def deleted(manager: SessionManager, now: datetime | None = None) -> int:
+    return (await manager.delete_expired(now=now))["sessions"]
 
 
 async def talk(manager: SessionManager, sid: int, lines: Sequence[str]) -> None:
@@ -72,7 +102,7 @@ async def test_finalize_idle_moves_quiet_sessions_to_finalized_with_a_closing_su
     await quiet_for(manager, empty.id, idle_after + 60)
     await quiet_for(manager, busy.id, idle_after - 60)
 
-    assert await manager.finalize_idle() == 2
+    assert await finalized(manager) == 2
     done = await manager.get(quiet.id)
     assert done.status is SessionStatus.FINALIZED
     assert done.closing_summary == "covered 1:my name is Ann,2:hello Ann,3:remember 31337"
@@ -83,7 +113,7 @@ async def test_finalize_idle_moves_quiet_sessions_to_finalized_with_a_closing_su
     names = [e["name"] for e in await manager.store.events.of(quiet.id, "lifecycle")]
     assert names == ["created", "finalized"]
     # Finalized sessions are not finalized again.
-    assert await manager.finalize_idle() == 0
+    assert await finalized(manager) == 0
     # Messages are untouched by finalization.
     assert [m.seq for m in await manager.messages(quiet.id)] == [1, 2, 3]
 
@@ -98,7 +128,7 @@ async def test_idle_session_is_finalized_and_closing_summary_includes_summaries(
     assert record is not None and (record.first_seq, record.last_seq) == (1, 14)
     await manager.store.sessions.mark_idle(utcnow() + timedelta(seconds=1))
     assert (await manager.get(session.id)).status is SessionStatus.IDLE
-    assert await manager.finalize_idle() == 1
+    assert await finalized(manager) == 1
     closing = (await manager.get(session.id)).closing_summary
     folded = "covered " + ",".join(f"{i + 1}:line {i}" for i in range(14))
     tail = "covered " + ",".join(f"{i + 1}:line {i}" for i in range(14, 20))
@@ -112,16 +142,16 @@ async def test_expire_then_open_starts_a_new_session_carrying_the_closing_summar
     old = await manager.open(KEY)
     await talk(manager, old.id, ["the code word is heron", "noted"])
     await quiet_for(manager, old.id, manager.settings.idle_after_s + 60)
-    assert await manager.finalize_idle() == 1
+    assert await finalized(manager) == 1
     closing = (await manager.get(old.id)).closing_summary
     assert closing == "covered 1:the code word is heron,2:noted"
     # Not yet expired: still finalized; after expire_after, expired.
-    assert await manager.expire_sessions() == 0
+    assert await expired(manager) == 0
     await quiet_for(manager, old.id, manager.settings.expire_after_s + 60)
-    assert await manager.expire_sessions() == 1
-    expired = await manager.get(old.id)
-    assert expired.status is SessionStatus.EXPIRED and expired.ended_at is not None
-    assert await manager.expire_sessions() == 0
+    assert await expired(manager) == 1
+    gone = await manager.get(old.id)
+    assert gone.status is SessionStatus.EXPIRED and gone.ended_at is not None
+    assert await expired(manager) == 0
 
     misses = manager.cache.misses
     new = await manager.open(KEY)
@@ -157,7 +187,7 @@ async def test_carry_closing_summary_can_be_turned_off(make_manager: ManagerFact
     old = await manager.open(KEY)
     await talk(manager, old.id, ["hello"])
     await quiet_for(manager, old.id, manager.settings.idle_after_s + 60)
-    await manager.finalize_idle()
+    await finalized(manager)
     await quiet_for(manager, old.id, manager.settings.expire_after_s + 60)
     new = await manager.open(KEY)
     assert new.id != old.id and new.carried_summary is None
@@ -170,9 +200,9 @@ async def test_open_past_expiry_expires_even_before_the_job_runs(
     manager = await make_manager(summarizer=EchoSummarizer())
     old = await manager.open(KEY)
     await talk(manager, old.id, ["hi"])
-    await manager.finalize_idle()  # nothing idle yet
+    await finalized(manager)  # nothing idle yet
     await manager.store.sessions.mark_idle(utcnow() + timedelta(seconds=1))
-    assert await manager.finalize_idle() == 1
+    assert await finalized(manager) == 1
     await quiet_for(manager, old.id, manager.settings.expire_after_s + 60)
     new = await manager.open(KEY)  # no expire_sessions() in between
     assert new.id != old.id
@@ -197,7 +227,7 @@ async def test_message_to_a_finalized_session_continues_it(make_manager: Manager
     session = await manager.open(KEY)
     await talk(manager, session.id, ["first"])
     await quiet_for(manager, session.id, manager.settings.idle_after_s + 60)
-    assert await manager.finalize_idle() == 1
+    assert await finalized(manager) == 1
     assert (await manager.get(session.id)).status is SessionStatus.FINALIZED
 
     again = await manager.open(KEY)
@@ -211,8 +241,8 @@ async def test_message_to_a_finalized_session_continues_it(make_manager: Manager
     context = await manager.build_context(session.id)
     assert [m.text for m in context.messages] == ["first\n\nsecond"]
     # Active again: a recent session is neither finalized nor expired.
-    assert await manager.finalize_idle() == 0
-    assert await manager.expire_sessions() == 0
+    assert await finalized(manager) == 0
+    assert await expired(manager) == 0
 
 
 async def test_reset_keeps_the_old_session_until_retention_ends(
@@ -231,15 +261,15 @@ async def test_reset_keeps_the_old_session_until_retention_ends(
     assert [m.text for m in await manager.messages(old.id)] == ["keep", "this"]
     await manager.add_message(fresh.id, Role.USER, "new start")
 
-    assert await manager.delete_expired() == 0  # within retention
+    assert await deleted(manager) == 0  # within retention
     assert [m.text for m in await manager.messages(old.id)] == ["keep", "this"]
     retain = manager.settings.retain_for_s
     nearly = utcnow() - timedelta(seconds=retain - 3600)
     await set_columns(manager, old.id, ended_at=nearly, last_activity_at=nearly)
-    assert await manager.delete_expired() == 0
+    assert await deleted(manager) == 0
     past = utcnow() - timedelta(seconds=retain + 60)
     await set_columns(manager, old.id, ended_at=past, last_activity_at=past)
-    assert await manager.delete_expired() == 1
+    assert await deleted(manager) == 1
     assert await manager.messages(old.id) == []
     with pytest.raises(SessionNotFound):
         await manager.get(old.id)
@@ -253,11 +283,11 @@ async def test_expired_sessions_are_deleted_after_retention(make_manager: Manage
     old = await manager.open(KEY)
     await talk(manager, old.id, ["bye"])
     await quiet_for(manager, old.id, manager.settings.expire_after_s + 60)
-    assert await manager.expire_sessions() == 1
-    assert await manager.delete_expired() == 0
+    assert await expired(manager) == 1
+    assert await deleted(manager) == 0
     past = utcnow() - timedelta(seconds=manager.settings.retain_for_s + 60)
     await set_columns(manager, old.id, ended_at=past, last_activity_at=past)
-    assert await manager.delete_expired() == 1
+    assert await deleted(manager) == 1
     assert await manager.find_by_chat(KEY) is None
     new = await manager.open(KEY)
     assert (new.status, new.message_count, new.version, new.carried_summary) == (
@@ -275,10 +305,10 @@ async def test_session_ids_are_not_reused_after_cleanup(
     manager = await make_manager()
     old = await manager.open(KEY)
     await quiet_for(manager, old.id, manager.settings.expire_after_s + 60)
-    assert await manager.expire_sessions() == 1
+    assert await expired(manager) == 1
     past = utcnow() - timedelta(seconds=manager.settings.retain_for_s + 60)
     await set_columns(manager, old.id, ended_at=past, last_activity_at=past)
-    assert await manager.delete_expired() == 1
+    assert await deleted(manager) == 1
     new = await manager.open(KEY)
     assert new.id != old.id
 
@@ -292,7 +322,7 @@ async def test_message_during_finalization_is_not_lost_from_the_closing_summary(
     await talk(manager, session.id, ["early"])
     await quiet_for(manager, session.id, manager.settings.idle_after_s + 60)
     gate.hold = True
-    job = asyncio.create_task(manager.finalize_idle())
+    job = asyncio.create_task(finalized(manager))
     await asyncio.wait_for(gate.started.wait(), 5)
     await manager.add_message(session.id, Role.USER, "late fact 4242")
     gate.release.set()

@@ -1,0 +1,181 @@
+"""The core jobs: what runs by itself to keep memory bounded and sessions moving
+through their lifecycle (memory.lifecycle), each an async function of a small
+context that returns what it did as counts.
+
+- ``finalize``: quiet sessions become idle and get their closing summary;
+- ``expire``: sessions quiet past ``expire_after_s`` are expired (and summarized if
+  the finalize job never reached them), so the chat's next message starts afresh;
+- ``cleanup``: expired and ended sessions past ``retain_for_s`` are deleted with
+  their messages, summaries and events; old job runs too;
+- ``upgrade_summaries``: summaries the extractive fallback wrote are rewritten by the
+  Claude summarizer once it answers again;
+- ``upkeep``: database statistics, and SQLite's WAL folded in and truncated;
+- ``prune``: per-user state kept in this process (rate-limit buckets, notice
+  windows, the spend cache) forgets what has lapsed.
+
+The jobs work in batches and report each batch to ``JobContext.progress``, which
+keeps a running tally (recorded even when a run fails or is cancelled half-way)
+and yields to the event loop, so that turns go on while a job runs. Running them,
+once across instances, and recording every run is conversation.job_runner's work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from conversation.job_settings import JobSettings, JobsSettings
+from memory.errors import PalaverError
+from memory.manager import SessionManager
+from memory.store.jobs import JobRun
+
+__all__ = [
+    "CORE_JOBS",
+    "Job",
+    "JobContext",
+    "JobFailed",
+    "JobRun",
+    "JobStatus",
+    "Prunable",
+    "UnknownJob",
+]
+
+log = logging.getLogger(__name__)
+
+
+class Prunable(Protocol):
+    """Per-user state kept in memory that can forget what has lapsed."""
+
+    def prune(self) -> int:
+        """Drop what is no longer needed; returns how many entries went."""
+        ...
+
+
+class UnknownJob(PalaverError):
+    """No job by that name; the message lists the jobs there are."""
+
+
+class JobFailed(PalaverError):
+    """A job did part of its work and failed at the rest (said in the message)."""
+
+
+class JobContext:
+    """What a job works with: the memory, the settings, the clock, and the tally."""
+
+    def __init__(
+        self,
+        manager: SessionManager,
+        settings: JobsSettings,
+        prunables: Mapping[str, Prunable],
+        now: Callable[[], datetime],
+    ) -> None:
+        self.manager = manager
+        self.settings = settings
+        self.prunables = prunables
+        self.now = now
+        # What this run has done so far: recorded as it stands if the run fails or
+        # is cancelled half-way.
+        self.counts: Counter[str] = Counter()
+
+    async def progress(self, counts: Mapping[str, int]) -> None:
+        """One batch is done: count it, and let turns run before the next."""
+        self.counts.update(counts)
+        await asyncio.sleep(0)
+
+
+JobFunction = Callable[[JobContext], Coroutine[Any, Any, dict[str, int]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    name: str
+    about: str
+    run: JobFunction
+
+    def settings(self, jobs: JobsSettings) -> JobSettings:
+        return jobs.of(self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class JobStatus:
+    """A job as /jobs and ``jobs list`` show it."""
+
+    name: str
+    about: str
+    enabled: bool
+    schedule: str
+    last_run: JobRun | None
+    # When it runs next: the scheduler's time when it is running, else an estimate
+    # (the last run plus the interval, or the next cron time); None if disabled.
+    next_run: datetime | None
+    # Who runs it right now (any instance), while its lease lasts.
+    running_on: str | None
+    lease_until: datetime | None
+
+
+async def finalize(ctx: JobContext) -> dict[str, int]:
+    return await ctx.manager.finalize_idle(
+        now=ctx.now(), batch=ctx.settings.finalize.batch, progress=ctx.progress
+    )
+
+
+async def expire(ctx: JobContext) -> dict[str, int]:
+    return await ctx.manager.expire_sessions(
+        now=ctx.now(), batch=ctx.settings.expire.batch, progress=ctx.progress
+    )
+
+
+async def cleanup(ctx: JobContext) -> dict[str, int]:
+    now = ctx.now()
+    batch = ctx.settings.cleanup.batch
+    counts = await ctx.manager.delete_expired(now=now, batch=batch, progress=ctx.progress)
+    before = now - timedelta(seconds=ctx.settings.keep_runs_s)
+    runs = 0
+    for job in CORE_JOBS:
+        while deleted := await ctx.manager.delete_job_runs(job.name, before=before, limit=batch):
+            runs += deleted
+            await ctx.progress({"job_runs": deleted})
+            if deleted < batch:
+                break
+    return {**counts, "job_runs": runs}
+
+
+async def upgrade_summaries(ctx: JobContext) -> dict[str, int]:
+    return await ctx.manager.upgrade_fallback_summaries(
+        batch=ctx.settings.upgrade_summaries.batch, progress=ctx.progress
+    )
+
+
+async def upkeep(ctx: JobContext) -> dict[str, int]:
+    return await ctx.manager.upkeep(journal_size_limit=ctx.settings.upkeep.journal_size_limit)
+
+
+async def prune(ctx: JobContext) -> dict[str, int]:
+    """Every prunable is pruned, even when one fails; then the failures are raised."""
+    targets: dict[str, Prunable] = {"spend_cache": ctx.manager, **ctx.prunables}
+    failed: list[str] = []
+    for name, target in targets.items():
+        try:
+            ctx.counts[name] += target.prune()
+        except Exception as error:
+            log.exception("pruning %s failed", name)
+            failed.append(f"{name} ({type(error).__name__}: {error})")
+        await asyncio.sleep(0)
+    if failed:
+        raise JobFailed("pruning failed for " + ", ".join(failed))
+    return dict(ctx.counts)
+
+
+CORE_JOBS: tuple[Job, ...] = (
+    Job("finalize", "idle sessions get their closing summary", finalize),
+    Job("expire", "sessions quiet past expire_after_s are expired", expire),
+    Job("cleanup", "sessions past retain_for_s are deleted, with old job runs", cleanup),
+    Job("upgrade_summaries", "fallback summaries rewritten by Claude", upgrade_summaries),
+    Job("upkeep", "database statistics and WAL truncation", upkeep),
+    Job("prune", "per-user state in this process forgets what has lapsed", prune),
+)
