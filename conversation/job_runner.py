@@ -14,10 +14,11 @@ and the error. A failing job is recorded, logged and tried again at its next tim
 it never stops the process or the other jobs.
 
 Decided here:
-- A scheduled run that finds the lease held, or finds that another instance began
-  this job less than half a period ago (two instances whose timers are out of step
-  would otherwise run every job twice per period), is not recorded: it did nothing,
-  and ``list_jobs`` shows who holds the lease. A run by hand that finds the job
+- A scheduled run that finds the lease held, or finds a run of the job that began
+  less than half a period ago and finished (two instances whose timers are out of
+  step would otherwise run every job twice per period; a run whose holder crashed
+  does not count), is not recorded: it did nothing, and ``list_jobs`` shows who
+  holds the lease and the last run. A run by hand that finds the job
   running elsewhere is recorded as ``skipped``, with the holder in its error, so
   the operator sees why nothing happened.
 - Times (the lease, the runs, the jobs' own "now") come from one injectable clock,

@@ -213,6 +213,9 @@ class JobLeaseRow(Base):
 
     job: Mapped[str] = mapped_column(String(60), primary_key=True)
     holder: Mapped[str] = mapped_column(String(120))
-    # When the holder took it: a scheduled run skips a job another instance began lately.
     started_at: Mapped[datetime]
     expires_at: Mapped[datetime]
+    # Set when the holder's run ended and it let the lease go; None while it runs, or
+    # when it crashed. A scheduled run skips a job that another instance finished
+    # lately (started_at, finished_at), not one whose holder died.
+    finished_at: Mapped[datetime | None]

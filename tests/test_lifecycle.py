@@ -29,7 +29,9 @@ OTHER = ChatKey("discord", "9")
 
 
 class Clock:
-    """The jobs' "now": starts at the real time, moved by the test."""
+    """The jobs' "now": starts at the real time, moved by the test. The store stamps
+    messages with the real time, which runs on meanwhile: moves past a threshold
+    leave a minute's margin for the writes a test makes."""
 
     def __init__(self) -> None:
         self.at = utcnow()
@@ -330,3 +332,191 @@ async def test_message_during_finalization_is_not_lost_from_the_closing_summary(
     info = await manager.get(session.id)
     assert info.status is SessionStatus.ACTIVE
     assert info.closing_summary is None
+
+
+# -- the lifecycle on a clock the test moves --------------------------------------------
+
+
+async def test_every_transition_on_the_jobs_clock(make_manager: ManagerFactory) -> None:
+    manager = await make_manager(summarizer=EchoSummarizer())
+    clock = Clock()
+    settings = manager.settings
+    session = await manager.open(KEY)
+    await talk(manager, session.id, ["the code word is heron"])
+
+    # Within idle_after: nothing moves, and a message continues the same session.
+    clock.advance(settings.idle_after_s - 60)
+    assert await manager.finalize_idle(now=clock()) == {"idle": 0, "finalized": 0}
+    assert (await manager.open(KEY)).id == session.id
+    assert (await manager.get(session.id)).status is SessionStatus.ACTIVE
+
+    # Past idle_after (counted from the last message): idle, then finalized.
+    clock.advance(120)
+    assert await manager.finalize_idle(now=clock()) == {"idle": 1, "finalized": 1}
+    info = await manager.get(session.id)
+    assert info.status is SessionStatus.FINALIZED
+    assert info.closing_summary == "covered 1:the code word is heron"
+    # Before expire_after nothing expires, and nothing is deleted.
+    clock.advance(settings.expire_after_s - settings.idle_after_s - 600)
+    assert await manager.expire_sessions(now=clock()) == {"expired": 0, "summarized": 0}
+    # Past expire_after: expired (its closing summary was there already).
+    clock.advance(1200)
+    assert await manager.expire_sessions(now=clock()) == {"expired": 1, "summarized": 0}
+    gone = await manager.get(session.id)
+    assert gone.status is SessionStatus.EXPIRED and gone.ended_at == clock()
+    # Within retention it stays, whole, for export.
+    clock.advance(settings.retain_for_s - 60)
+    assert (await manager.delete_expired(now=clock()))["sessions"] == 0
+    assert [m.text for m in await manager.messages(session.id)] == ["the code word is heron"]
+    # The chat's next message starts a new session that carries the closing summary.
+    new = await manager.open(KEY)
+    assert new.id != session.id and new.carried_summary == "covered 1:the code word is heron"
+    # Past retention (counted from its end): deleted with everything of it.
+    clock.advance(120)
+    counts = await manager.delete_expired(now=clock())
+    assert counts == {"sessions": 1, "messages": 1, "summaries": 0, "events": 2}
+    with pytest.raises(SessionNotFound):
+        await manager.get(session.id)
+    assert (await manager.open(KEY)).id == new.id
+
+
+async def test_expire_writes_the_closing_summary_the_finalize_job_never_wrote(
+    make_manager: ManagerFactory,
+) -> None:
+    manager = await make_manager(summarizer=EchoSummarizer())
+    clock = Clock()
+    session = await manager.open(KEY)
+    await talk(manager, session.id, ["remember 4711"])
+    clock.advance(manager.settings.expire_after_s + 60)
+    # No finalize run in between (the process was down): expire summarizes it.
+    assert await manager.expire_sessions(now=clock()) == {"expired": 1, "summarized": 1}
+    assert (await manager.get(session.id)).closing_summary == "covered 1:remember 4711"
+    new = await manager.open(KEY)
+    assert new.carried_summary == "covered 1:remember 4711"
+
+
+async def test_finalize_and_expire_work_in_batches(make_manager: ManagerFactory) -> None:
+    manager = await make_manager(summarizer=EchoSummarizer())
+    clock = Clock()
+    ids = []
+    for n in range(7):
+        session = await manager.open(ChatKey("telegram", f"b{n}"))
+        await talk(manager, session.id, [f"hello {n}"])
+        ids.append(session.id)
+    steps: list[dict[str, int]] = []
+
+    async def progress(counts: Any) -> None:
+        steps.append(dict(counts))
+
+    clock.advance(manager.settings.idle_after_s + 60)
+    counts = await manager.finalize_idle(now=clock(), batch=3, progress=progress)
+    assert counts == {"idle": 7, "finalized": 7}
+    assert steps == [
+        {"idle": 3},
+        {"idle": 3},
+        {"idle": 1},
+        {"finalized": 3},
+        {"finalized": 3},
+        {"finalized": 1},
+    ]
+    for sid in ids:
+        assert (await manager.get(sid)).status is SessionStatus.FINALIZED
+    steps.clear()
+    clock.advance(manager.settings.expire_after_s)
+    counts = await manager.expire_sessions(now=clock(), batch=4, progress=progress)
+    assert counts == {"expired": 7, "summarized": 0}
+    assert steps == [{"expired": 4}, {"expired": 3}]
+
+
+async def test_cleanup_deletes_exactly_what_is_past_retention(
+    make_manager: ManagerFactory,
+) -> None:
+    manager = await make_manager(summarizer=EchoSummarizer())
+    clock = Clock()
+    retain = manager.settings.retain_for_s
+
+    async def session_with(key: ChatKey, lines: int) -> int:
+        sid = (await manager.open(key)).id
+        await talk(manager, sid, [f"{key.chat_id} line {i}" for i in range(lines)])
+        await manager.record_tool_call(sid, "search")
+        return sid
+
+    # Past retention: one expired, one ended by /reset; with 25 and 13 messages.
+    expired_old = await session_with(ChatKey("telegram", "old"), 25)
+    await manager.fold(expired_old)  # a summary, deleted with it
+    ended_old = await session_with(ChatKey("discord", "old"), 13)
+    await manager.reset(ChatKey("discord", "old"))
+    # Kept: still active, however old; expired but within retention; ended long ago
+    # but with a message since (a reply that landed after the /reset).
+    active_old = await session_with(ChatKey("telegram", "active"), 4)
+    expired_recent = await session_with(ChatKey("telegram", "recent"), 3)
+    ended_touched = await session_with(ChatKey("discord", "touched"), 2)
+    await manager.reset(ChatKey("discord", "touched"))
+
+    long_ago = clock() - timedelta(seconds=retain + 3600)
+    recently = clock() - timedelta(seconds=retain - 3600)
+    await set_columns(manager, expired_old, status="expired", ended_at=long_ago)
+    await set_columns(manager, expired_old, last_activity_at=long_ago)
+    await set_columns(manager, ended_old, ended_at=long_ago, last_activity_at=long_ago)
+    await set_columns(manager, active_old, last_activity_at=long_ago)
+    await set_columns(manager, expired_recent, status="expired", ended_at=recently)
+    await set_columns(manager, expired_recent, last_activity_at=recently)
+    await set_columns(manager, ended_touched, ended_at=long_ago, last_activity_at=clock())
+    before = {sid: await manager.messages(sid) for sid in (active_old, expired_recent)}
+
+    steps: list[dict[str, int]] = []
+
+    async def progress(counts: Any) -> None:
+        steps.append(dict(counts))
+
+    counts = await manager.delete_expired(now=clock(), batch=10, progress=progress)
+    assert counts == {"sessions": 2, "messages": 38, "summaries": 1, "events": 4}
+    # 38 messages, ten at a time.
+    assert [s["messages"] for s in steps if "messages" in s] == [10, 10, 10, 8]
+    for sid in (expired_old, ended_old):
+        with pytest.raises(SessionNotFound):
+            await manager.get(sid)
+        assert await manager.messages(sid) == []
+        assert await manager.summaries(sid, include_superseded=True) == []
+        assert await manager.store.events.of(sid) == []
+    for sid, lines in ((active_old, 4), (expired_recent, 3), (ended_touched, 2)):
+        assert len(await manager.messages(sid)) == lines
+        assert len(await manager.store.events.of(sid, "tool_call")) == 1
+    assert {sid: await manager.messages(sid) for sid in before} == before
+    # The chats whose sessions went simply start again.
+    assert (await manager.find_by_chat(ChatKey("telegram", "old"))) is None
+    assert (await manager.open(ChatKey("telegram", "old"))).message_count == 0
+    assert (await manager.delete_expired(now=clock()))["sessions"] == 0
+
+
+async def test_a_session_that_takes_a_message_during_cleanup_is_left_alone(
+    make_manager: ManagerFactory,
+) -> None:
+    manager = await make_manager()
+    clock = Clock()
+    session = await manager.open(KEY)
+    await talk(manager, session.id, [f"line {i}" for i in range(30)])
+    clock.advance(manager.settings.expire_after_s + 60)
+    assert (await manager.expire_sessions(now=clock()))["expired"] == 1
+    clock.advance(manager.settings.retain_for_s + 1)
+    arrived: list[int] = []
+
+    async def progress(counts: Any) -> None:
+        if not arrived:  # after the first batch: a late reply lands in the session
+            stored = await manager.add_message(session.id, Role.ASSISTANT, "late reply")
+            arrived.append(stored.seq)
+
+    counts = await manager.delete_expired(now=clock(), batch=10, progress=progress)
+    # The first batch went before the reply; nothing after it.
+    assert counts["messages"] == 10 and counts["sessions"] == 0
+    kept = await manager.messages(session.id)
+    assert [m.seq for m in kept] == [*range(11, 31), arrived[0]]
+    assert (await manager.get(session.id)).status is SessionStatus.ACTIVE
+
+
+async def test_upgrade_without_a_model_summarizer_says_so(manager: SessionManager) -> None:
+    assert await manager.upgrade_fallback_summaries() == {
+        "sessions": 0,
+        "upgraded": 0,
+        "unavailable": 1,
+    }

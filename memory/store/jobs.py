@@ -55,6 +55,7 @@ class JobLease:
     holder: str
     started_at: datetime
     expires_at: datetime
+    finished_at: datetime | None
 
 
 def _run(row: Mapping[Any, Any]) -> JobRun:
@@ -215,20 +216,25 @@ class JobRuns(Repository):
         not_started_since: datetime | None = None,
     ) -> bool:
         """Take the job's lease until ``until`` if it is free (its holder's time has
-        run out); with ``not_started_since``, only if nobody took it since then (a
-        scheduled run that another instance has just done). Returns whether it was
-        taken.
+        run out); with ``not_started_since``, not if a run that started since then
+        has finished (a scheduled run that another instance has just done; a run
+        whose holder crashed does not count). Returns whether it was taken.
 
         The runs a previous holder left ``running`` (it crashed, and its lease ran
         out) are closed as failed in the same transaction.
         """
         conditions = [job_leases.c.job == job, job_leases.c.expires_at <= now]
         if not_started_since is not None:
-            conditions.append(job_leases.c.started_at < not_started_since)
+            conditions.append(
+                or_(
+                    job_leases.c.finished_at.is_(None),
+                    job_leases.c.started_at < not_started_since,
+                )
+            )
         take = (
             update(job_leases)
             .where(*conditions)
-            .values(holder=holder, started_at=now, expires_at=until)
+            .values(holder=holder, started_at=now, expires_at=until, finished_at=None)
         )
         values = {"job": job, "holder": holder, "started_at": now, "expires_at": until}
         first = (
@@ -273,13 +279,14 @@ class JobRuns(Repository):
             return await self.db.run_write(transaction)
 
     async def release_lease(self, job: str, holder: str, *, now: datetime) -> None:
-        """Let ``holder``'s lease run out now (the row stays: it remembers the start)."""
+        """``holder``'s run ended: the lease is free from now (the row stays, with
+        when that run started and finished)."""
 
         def transaction(conn: Connection) -> None:
             conn.execute(
                 update(job_leases)
                 .where(job_leases.c.job == job, job_leases.c.holder == holder)
-                .values(expires_at=now)
+                .values(expires_at=now, finished_at=now)
             )
 
         async with translate_errors():
@@ -290,7 +297,11 @@ class JobRuns(Repository):
             rows = (await conn.execute(select(job_leases))).mappings()
             return {
                 r["job"]: JobLease(
-                    r["job"], r["holder"], as_utc(r["started_at"]), as_utc(r["expires_at"])
+                    r["job"],
+                    r["holder"],
+                    as_utc(r["started_at"]),
+                    as_utc(r["expires_at"]),
+                    None if r["finished_at"] is None else as_utc(r["finished_at"]),
                 )
                 for r in rows
             }

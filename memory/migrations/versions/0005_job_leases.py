@@ -25,6 +25,7 @@ def upgrade() -> None:
         sa.Column("holder", sa.String(length=120), nullable=False),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("job"),
     )
     with op.batch_alter_table("job_runs", schema=None) as batch_op:
