@@ -170,6 +170,7 @@ class JobsSettings(BaseModel):
     timezone: str = "UTC"
     lease_s: int = Field(120, ge=5, le=86_400)
     keep_runs_s: int = Field(30 * 86_400, ge=3600)
+    pause_ratio: float = Field(2.0, ge=0, le=100)
     finalize: FinalizeJob = Field(default_factory=FinalizeJob)
     expire: ExpireJob = Field(default_factory=ExpireJob)
     cleanup: CleanupJob = Field(default_factory=CleanupJob)

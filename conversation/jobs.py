@@ -15,7 +15,7 @@ context that returns what it did as counts.
 
 The jobs work in batches and report each batch to ``JobContext.progress``, which
 keeps a running tally (recorded even when a run fails or is cancelled half-way)
-and yields to the event loop, so that turns go on while a job runs. Running them,
+and pauses, so that turns go on while a job runs. Running them,
 once across instances, and recording every run is conversation.job_runner's work.
 """
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
@@ -46,6 +47,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# The longest pause between two batches: a batch that waited on the model (a
+# closing summary) is not followed by as long a pause.
+_MAX_PAUSE_S = 0.2
 
 
 class Prunable(Protocol):
@@ -81,11 +86,23 @@ class JobContext:
         # What this run has done so far: recorded as it stands if the run fails or
         # is cancelled half-way.
         self.counts: Counter[str] = Counter()
+        self._batch_began = time.perf_counter()
 
     async def progress(self, counts: Mapping[str, int]) -> None:
-        """One batch is done: count it, and let turns run before the next."""
+        """One batch is done: count it, and step aside before the next.
+
+        The pause is ``pause_ratio`` times as long as the batch took (at most
+        ``_MAX_PAUSE_S``). Yielding alone is not enough: back-to-back transactions
+        keep SQLite's one writer busy, so every write of every turn queues behind
+        one, and they keep the driver's thread busy, which starves the event loop
+        of the GIL (bench/jobs.py: turn p99 44 ms with yields alone, 7 ms with
+        pauses twice as long as the batches). A batch that took long because turns
+        were writing makes a longer pause: the job backs off under load.
+        """
         self.counts.update(counts)
-        await asyncio.sleep(0)
+        took = time.perf_counter() - self._batch_began
+        await asyncio.sleep(min(took * self.settings.pause_ratio, _MAX_PAUSE_S))
+        self._batch_began = time.perf_counter()
 
 
 JobFunction = Callable[[JobContext], Coroutine[Any, Any, dict[str, int]]]

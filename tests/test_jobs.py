@@ -94,11 +94,17 @@ def runner_for(
     )
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
     """Wait (bounded) until ``check`` holds: for things another task does."""
-    async with asyncio.timeout(timeout):
-        while not await check():
+    async with asyncio.timeout(within):
+        while True:
+            if await check():
+                return
             await asyncio.sleep(0.01)
+
+
+def size(path: Path) -> int:
+    return path.stat().st_size
 
 
 async def quiet_session(manager: SessionManager, clock: Clock, key: ChatKey = KEY) -> int:
@@ -506,13 +512,13 @@ async def test_upkeep_keeps_the_database_tidy(manager: SessionManager) -> None:
     await talk(manager, session.id, [f"line {i}" for i in range(200)])
     db = manager.store.db
     wal = Path(f"{make_url(db.url).database}-wal")
-    grown = wal.stat().st_size if db.is_sqlite else 0
+    grown = size(wal) if db.is_sqlite else 0
     run = await runner_for(manager, clock).run_now("upkeep")
     assert run.outcome == "ok"
     if db.is_sqlite:
         assert run.counts["optimized"] == 1 and run.counts["truncated"] == 1
         # The WAL was folded in and truncated: what is left is the run's own record.
-        assert wal.stat().st_size < min(grown, 10 * 4096)
+        assert size(wal) < min(grown, 10 * 4096)
         async with db.writer.connect() as conn:
             limit = (await conn.exec_driver_sql("PRAGMA journal_size_limit")).scalar()
         assert limit == 64 * 1024 * 1024
@@ -570,7 +576,9 @@ def test_a_bad_schedule_is_refused_naming_the_key_and_value(
 
 
 def test_a_schedule_replaces_the_default_and_both_at_once_are_refused() -> None:
-    settings = JobsSettings.model_validate({"upkeep": {"every": 7200}, "prune": {"cron": "0 * * * *"}})
+    settings = JobsSettings.model_validate(
+        {"upkeep": {"every": 7200}, "prune": {"cron": "0 * * * *"}}
+    )
     assert (settings.upkeep.every, settings.upkeep.cron) == (7200, None)
     assert (settings.prune.every, settings.prune.cron) == (None, "0 * * * *")
     assert settings.model_dump()["upkeep"] == {
@@ -597,9 +605,7 @@ def test_first_run_follows_the_last_run_of_any_instance() -> None:
         minutes=40
     )
     # Its time passed while no process ran: once, soon (missed runs coalesce).
-    assert first_run(hourly, ran(now - timedelta(hours=5)), now, UTC) == now + timedelta(
-        seconds=30
-    )
+    assert first_run(hourly, ran(now - timedelta(hours=5)), now, UTC) == now + timedelta(seconds=30)
     daily = settings.upkeep  # 04:17
     tomorrow = datetime(2026, 12, 2, 4, 17, tzinfo=UTC)
     assert first_run(daily, None, now, UTC) == tomorrow
