@@ -28,6 +28,7 @@ Decided here:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -217,7 +218,13 @@ class JobRunner:
         return run
 
     async def _body(self, job: Job, started: datetime) -> JobRun:
-        run_id = await self.manager.start_job_run(job.name, self.instance, now=started)
+        try:
+            run_id = await self.manager.start_job_run(job.name, self.instance, now=started)
+        except BaseException:
+            # Not even recorded (the database went away): the lease goes with it.
+            with contextlib.suppress(Exception):
+                await self.manager.release_job_lease(job.name, self.instance, now=self.now())
+            raise
         ctx = JobContext(self.manager, self.settings, self.prunables, self.now)
         body = asyncio.create_task(job.run(ctx), name=f"palaver-job-{job.name}")
         self._bodies[job.name] = body
