@@ -215,7 +215,10 @@ async def run(url: str, label: str, args: argparse.Namespace) -> list[list[str]]
             n += 1
     rows: list[list[str]] = []
     for batch in args.batches:
-        runner = JobRunner(manager, JobsSettings(instance="bench", cleanup={"batch": batch}))
+        settings = JobsSettings(
+            instance="bench", pause_ratio=args.pause_ratio, cleanup={"batch": batch}
+        )
+        runner = JobRunner(manager, settings)
         idle = Phase([], [])
         busy = Phase([], [], counts={})
         for round_ in range(args.rounds):
@@ -287,17 +290,26 @@ async def main() -> None:
         default=[100, 500, 2000],
         help="cleanup batch sizes to compare (rows per transaction)",
     )
+    parser.add_argument(
+        "--pause-ratio",
+        type=float,
+        default=JobsSettings().pause_ratio,
+        help="jobs.pause_ratio: pause after each batch, as a multiple of the batch's time",
+    )
     parser.add_argument("--postgres", default=os.environ.get("TEST_DATABASE_URL", ""))
+    parser.add_argument("--no-sqlite", action="store_true", help="PostgreSQL only")
     args = parser.parse_args()
     print(
         f"# {platform.python_implementation()} {platform.python_version()} on "
         f"{platform.machine()}, {os.cpu_count()} CPUs; {args.messages:,} messages in "
         f"{args.sessions} sessions deleted; turns at {args.rate:g}/s over {CHATS} chats; "
+        f"jobs.pause_ratio {args.pause_ratio:g}; "
         f"load average {os.getloadavg()[0]:.1f}"
     )
     rows: list[list[str]] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        rows += await run(f"sqlite+aiosqlite:///{tmp}/bench.db", "sqlite", args)
+    if not args.no_sqlite:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows += await run(f"sqlite+aiosqlite:///{tmp}/bench.db", "sqlite", args)
     if args.postgres:
         from tests.conftest import reset_postgres
 

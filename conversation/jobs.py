@@ -95,9 +95,10 @@ class JobContext:
         ``_MAX_PAUSE_S``). Yielding alone is not enough: back-to-back transactions
         keep SQLite's one writer busy, so every write of every turn queues behind
         one, and they keep the driver's thread busy, which starves the event loop
-        of the GIL (bench/jobs.py: turn p99 44 ms with yields alone, 7 ms with
-        pauses twice as long as the batches). A batch that took long because turns
-        were writing makes a longer pause: the job backs off under load.
+        of the GIL (bench/jobs.py, SQLite, batches of 500, 200 turns/s: turn p99
+        44 ms with yields alone, 7 ms with pauses twice as long as the batches).
+        A batch that took long because turns were writing makes a longer pause:
+        the job backs off under load, and takes about three times as long.
         """
         self.counts.update(counts)
         took = time.perf_counter() - self._batch_began

@@ -385,7 +385,15 @@ class Sessions(Repository):
         doomed = select(sessions.c.id).where(
             sessions.c.id.in_(list(session_ids)), _past_retention(before)
         )
-        rows = select(*key).where(table.c.session_id.in_(doomed.scalar_subquery())).limit(limit)
+        # In session order: along an index on session_id, past the rows earlier
+        # batches deleted (PostgreSQL would otherwise scan the table from its start,
+        # over their dead tuples, every batch: quadratic).
+        rows = (
+            select(*key)
+            .where(table.c.session_id.in_(doomed.scalar_subquery()))
+            .order_by(table.c.session_id)
+            .limit(limit)
+        )
         statement = delete(table).where(
             key[0].in_(rows.scalar_subquery()) if len(key) == 1 else tuple_(*key).in_(rows)
         )
