@@ -55,6 +55,7 @@ async def serve(config: Config, *, console_only: bool) -> int:
             print(f"palaver: {interface.name} is up", flush=True)
         freeze_startup_heap()
         await app.resume(started)
+        await app.start_jobs()
         if not [i for i in started if i.name != "api"]:  # no bot: the console (beside the API)
             print(app.startup_hint(), flush=True)
             console = Console(app.dispatcher, config.palaver.data_dir)
@@ -79,6 +80,8 @@ def configure_logging(config: Config, *, console: bool) -> None:
     """Log lines to stderr; in console mode to ``palaver.log`` in the data dir instead,
     so that they never interleave with the chat at the terminal."""
     formatter = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    # APScheduler logs every firing at INFO; the job runner logs what a run did.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     if not console:
         logging.basicConfig(level=config.palaver.log_level, format=formatter, stream=sys.stderr)
         return

@@ -6,12 +6,17 @@
     python run.py [--config FILE] sessions import FILE
     python run.py [--config FILE] sessions delete ID [--yes]
     python run.py [--config FILE] stats [--days N] [--json]
+    python run.py [--config FILE] jobs list [--json]
+    python run.py [--config FILE] jobs run NAME [--json]
 
 The same implementation as the API (conversation.operations) over the same
 database, opened (and migrated) for the command's length; a running Palaver may
-share it. Tables are drawn with rich; long exports and imports show a progress bar
-on stderr. Exit status: 0 done, 1 refused (the message says why), 2 bad usage or
-configuration.
+share it. ``jobs`` builds the application itself (its Claude summarizer included,
+when ANTHROPIC_API_KEY is set), without its timetable or bots: a run takes the
+job's lease like a scheduled one, so it never runs twice at once with a server.
+Tables are drawn with rich; long exports and imports show a progress bar on
+stderr. Exit status: 0 done, 1 refused or a job that did not end ok (the message
+says why), 2 bad usage or configuration.
 """
 
 from __future__ import annotations
@@ -30,8 +35,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from bots.app import Palaver
 from bots.config import Config, ConfigError, load_config
+from bots.http_jobs import plain
 from bots.redaction import Redactor
+from conversation.job_commands import describe_run, when
 from conversation.operations import Operations, session_id_of
 from memory.database import migrate, open_database
 from memory.errors import PalaverError
@@ -40,7 +48,7 @@ from memory.private_files import private_dir
 from memory.store import Store
 from memory.tokens import TokenCounter
 
-COMMANDS = frozenset({"sessions", "stats"})
+COMMANDS = frozenset({"sessions", "stats", "jobs"})
 
 
 def handles(argv: Sequence[str]) -> bool:
@@ -81,6 +89,13 @@ def parser() -> argparse.ArgumentParser:
     stats = commands.add_parser("stats", help="usage across all sessions")
     stats.add_argument("--days", type=int, default=14)
     stats.add_argument("--json", action="store_true")
+    jobs = commands.add_parser("jobs", help="the scheduled jobs: list them, run one now")
+    job_verbs = jobs.add_subparsers(dest="verb", required=True)
+    job_list = job_verbs.add_parser("list", help="every job, its last run and its next")
+    job_list.add_argument("--json", action="store_true")
+    job_run = job_verbs.add_parser("run", help="run a job now, whatever its schedule")
+    job_run.add_argument("name")
+    job_run.add_argument("--json", action="store_true")
     return root
 
 
@@ -96,6 +111,8 @@ def main(argv: Sequence[str]) -> int:
     redactor = Redactor.for_config(config)
     with redactor.installed():
         try:
+            if args.command == "jobs":
+                return asyncio.run(_jobs(config, args, out))
             return asyncio.run(_with_operations(config, lambda ops: _dispatch(args, ops, out, err)))
         except PalaverError as error:
             err.print(f"palaver: {redactor.redact(str(error))}", markup=False, highlight=False)
@@ -120,6 +137,40 @@ async def _with_operations(
             await manager.close()
     finally:
         await database.dispose()
+
+
+async def _jobs(config: Config, args: argparse.Namespace, out: Console) -> int:
+    app = Palaver(config)
+    await app.start()
+    try:
+        scheduler = app.scheduler
+        if args.verb == "run":
+            run = await scheduler.run_now(args.name)
+            if args.json:
+                out.print_json(json.dumps(plain(run)))
+            else:
+                out.print(f"{run.job}: {describe_run(run)}", markup=False, highlight=False)
+            return 0 if run.outcome == "ok" else 1
+        statuses = await scheduler.list_jobs()
+        if args.json:
+            out.print_json(json.dumps([plain(status) for status in statuses]))
+            return 0
+        table = Table(title=f"Jobs ({'on' if config.jobs.enabled else 'off'}; times UTC)")
+        for column in ("job", "schedule", "last run", "next run"):
+            table.add_column(column)
+        for status in statuses:
+            last = "never" if status.last_run is None else describe_run(status.last_run)
+            if status.running_on is not None:
+                upcoming = f"running on {status.running_on}"
+            elif not status.enabled:
+                upcoming = "off"
+            else:
+                upcoming = when(status.next_run) if status.next_run else "soon after start"
+            table.add_row(status.name, status.schedule, last, upcoming)
+        out.print(table)
+        return 0
+    finally:
+        await app.stop()
 
 
 async def _dispatch(args: argparse.Namespace, ops: Operations, out: Console, err: Console) -> int:

@@ -8,6 +8,7 @@ several side by side if they like.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections.abc import Sequence
@@ -30,11 +31,14 @@ from conversation.code_turn import CodeTurns
 from conversation.commands import BuiltinCommands
 from conversation.delivery import Outbox
 from conversation.dispatcher import Dispatcher
+from conversation.job_commands import JobCommands
+from conversation.job_runner import JobRunner
 from conversation.ordering import ChatLanes
 from conversation.outbound import Interface
 from conversation.projects import ProjectCommands
 from conversation.ratelimit import RateLimiter
 from conversation.registry import Registry
+from conversation.scheduler import Scheduler
 from conversation.turn import Turn
 from memory.database import Database, migrate, open_database
 from memory.errors import PalaverError
@@ -72,6 +76,7 @@ class Wiring:
     dispatcher: Dispatcher
     client: anthropic.AsyncAnthropic | None
     code: CodeTurns
+    scheduler: Scheduler
 
 
 class Palaver:
@@ -97,6 +102,11 @@ class Palaver:
     @property
     def dispatcher(self) -> Dispatcher:
         return self.wiring.dispatcher
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """The jobs: their timetable once ``start_jobs`` ran; by hand at any time."""
+        return self.wiring.scheduler
 
     def build_claude(self) -> tuple[Agent, Summarizer | None, anthropic.AsyncAnthropic | None]:
         """Claude and its summarizer when ANTHROPIC_API_KEY is set, else the offline agent.
@@ -161,17 +171,23 @@ class Palaver:
         BuiltinCommands(registry, manager, turn, config.palaver.data_dir / "exports").register()
         ProjectCommands(registry, manager, code, config.projects_root).register()
         access = AccessPolicy(config.access)
+        limiter = RateLimiter(config.rate_limit)
         dispatcher = Dispatcher(
             turn=turn,
             registry=registry,
             access=access,
-            limiter=RateLimiter(config.rate_limit),
+            limiter=limiter,
             reader=AttachmentReader(config.attachments),
             lanes=ChatLanes(config.palaver.max_concurrent_turns),
             outbox=Outbox(manager, config.memory.expire_after_s),
             approvals=Approvals(access, config.claude_code.approval_timeout_s),
         )
-        self._wiring = Wiring(database, manager, agent, turn, dispatcher, client, code)
+        runner = JobRunner(
+            manager, config.jobs, prunables={"rate_limit": limiter, "notices": dispatcher.notices}
+        )
+        scheduler = Scheduler(runner)
+        JobCommands(registry, scheduler).register()
+        self._wiring = Wiring(database, manager, agent, turn, dispatcher, client, code, scheduler)
         if config.http.enabled:
             from bots.http_server import OperatorServer  # aiohttp's server: loaded when on
 
@@ -179,15 +195,27 @@ class Palaver:
             secret = token.get_secret_value() if token else None
             exports = config.palaver.data_dir / "exports"
             self.operator = OperatorServer(config.http, secret, dispatcher, exports)
+            self.operator.jobs = scheduler
+            runner.observers.append(self.operator.job_finished)
         log.info("palaver started: database %s, agent %s", database.reader.dialect.name, agent.name)
 
+    async def start_jobs(self) -> None:
+        """Put the jobs on their timetable (``[jobs] enabled``); the serving process
+        does, the operator's one-off commands do not."""
+        if self.config.jobs.enabled:
+            await self.scheduler.start()
+
     async def stop(self) -> None:
-        """Flush pending writes and summaries, then close the database."""
+        """Stop the jobs (a running one gets the shutdown grace), flush pending
+        writes and summaries, then close the database."""
         if self._wiring is None:
             return
         wiring, self._wiring = self._wiring, None
         try:
-            await wiring.code.close()
+            try:
+                await wiring.scheduler.stop(self.config.palaver.shutdown_grace_s)
+            finally:
+                await wiring.code.close()
             await wiring.manager.close()
         finally:
             if wiring.client is not None:
@@ -204,10 +232,12 @@ class Palaver:
     async def close_interfaces(self, interfaces: Sequence[Interface], grace: float) -> None:
         """Shutdown: the interfaces take no more events, the core lets the turns in
         flight finish for ``grace`` seconds (then cancels them: their messages are
-        kept, and answered after the restart), and the interfaces close."""
+        kept, and answered after the restart), a running job likewise (then it is
+        cancelled and recorded so), and the interfaces close."""
         for interface in interfaces:
             await interface.stop_receiving()
-        await self.dispatcher.drain(grace)
+        # A job in flight gets the same grace as the turns, side by side.
+        await asyncio.gather(self.dispatcher.drain(grace), self.scheduler.stop(grace))
         for interface in reversed(interfaces):
             await interface.stop()
 

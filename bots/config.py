@@ -24,6 +24,7 @@ from sqlalchemy.exc import ArgumentError
 
 from agents.settings import ClaudeCodeSettings, ClaudeSettings, ProjectsSettings, SpendSettings
 from bots.http_settings import HttpSettings
+from conversation.job_settings import JobsSettings
 from conversation.settings import (
     AccessSettings,
     AgentSettings,
@@ -113,6 +114,7 @@ class Config(_Section):
     telegram: TelegramSettings = Field(default_factory=TelegramSettings)
     discord: DiscordSettings = Field(default_factory=DiscordSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    jobs: JobsSettings = Field(default_factory=JobsSettings)
     secrets: Secrets = Field(default_factory=Secrets, exclude=True)
     source: Path | None = Field(None, exclude=True)
     # Keys that still work but have moved: said once at start, in the log.

@@ -8,7 +8,7 @@ jobs do not run in this process) both routes answer 503.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -43,9 +43,10 @@ def plain(value: Any) -> Any:
 
 
 class JobRoutes:
-    def __init__(self, on_run: Callable[[JobRunView], None]) -> None:
-        self.jobs: JobControl | None = None  # set by the application when jobs run here
-        self._on_run = on_run
+    def __init__(self) -> None:
+        # Set by the application when jobs run here; its runner reports every
+        # recorded run (these included) to OperatorServer.job_finished itself.
+        self.jobs: JobControl | None = None
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -76,5 +77,4 @@ class JobRoutes:
         except PalaverError as error:
             status = 503 if type(error).__name__ == "JobsStopped" else 409
             return web.json_response({"error": str(error)}, status=status)
-        self._on_run(run)
         return web.json_response(job_run_view(run))

@@ -97,7 +97,7 @@ class OperatorServer:
             client_backlog=settings.live_client_backlog,
             metrics=self.metrics,
         )
-        self.job_routes = JobRoutes(self.job_finished)
+        self.job_routes = JobRoutes()
         self.api = _ServedApi(self, dispatcher, settings.chat_wait_for_missed_s)
         self.watched: list[Interface] = []
         self._runner: web.AppRunner | None = None
@@ -123,7 +123,7 @@ class OperatorServer:
 
     def job_finished(self, run: JobRunView) -> None:
         """A job run was recorded: metrics, and a live ``job_run`` event. The job
-        runner calls this for scheduled runs; the run route for its own."""
+        runner calls this for every run it records, scheduled or by hand."""
         self.metrics.job_run(run)
         self.live.job_run(run)
 

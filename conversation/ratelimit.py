@@ -43,6 +43,13 @@ class RateLimiter:
         self._buckets[key] = (tokens, now)
         return (1.0 - tokens) / self._rate
 
+    def prune(self, now: float | None = None) -> int:
+        """Forget the full buckets now (the prune job): a process that goes quiet
+        otherwise keeps its last users until the next message."""
+        before = len(self._buckets)
+        self._forget_full(time.monotonic() if now is None else now)
+        return before - len(self._buckets)
+
     def _forget_full(self, now: float) -> None:
         buckets = self._buckets
         while buckets:
@@ -81,3 +88,12 @@ class Notices:
         until[key] = now + window
         until.move_to_end(key)
         return True
+
+    def prune(self, now: float | None = None) -> int:
+        """Forget every lapsed window (the prune job), also those queued behind a
+        longer-lived one, which ``take`` leaves for later."""
+        now = time.monotonic() if now is None else now
+        lapsed = [key for key, until in self._until.items() if until <= now]
+        for key in lapsed:
+            del self._until[key]
+        return len(lapsed)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -32,11 +33,12 @@ from memory.code_sessions import CodeSession, CodeSessions
 from memory.coherence import CoherentCache
 from memory.context import Block, build_context
 from memory.errors import InvalidMessage
-from memory.lifecycle import Lifecycle
+from memory.lifecycle import Lifecycle, Progress
 from memory.observers import Change, MessageStored, Observer, Observers
 from memory.settings import MemorySettings
 from memory.spend import SpendTracker
 from memory.store import AppendOutcome, NewMessage, Store, utcnow
+from memory.store.jobs import JobLease, JobRun
 from memory.store.rows import CONTINUABLE
 from memory.summarizer import Summarizer
 from memory.summarizing import Summarizing
@@ -56,6 +58,7 @@ from memory.types import (
     SummaryRecord,
     Usage,
 )
+from memory.upkeep import upkeep
 from memory.writer import MessageWriter
 
 # Above this size, token counting moves off the event loop.
@@ -549,6 +552,28 @@ class SessionManager:
             if batch < 500:
                 return deleted
 
+    async def delete_unused_code_sessions(
+        self, *, now: datetime | None = None, batch: int = 500, progress: Progress | None = None
+    ) -> dict[str, int]:
+        """Claude Code sessions a project no longer resumes (reset, replaced or lost)
+        and unused for ``retain_for_s`` are deleted with their transcripts: the
+        transcripts first, so that a failure half-way leaves the row to try again.
+        For the cleanup job. Counts: code_sessions, transcript_lines."""
+        before = (now or utcnow()) - timedelta(seconds=self.settings.retain_for_s)
+        totals: Counter[str] = Counter()
+        while unused := await self._code.unused_since(before, limit=batch):
+            ids = [session.session_id for session in unused]
+            lines = await self.transcripts.delete_sessions(ids)
+            done = Counter(
+                code_sessions=await self._code.delete_sessions(ids), transcript_lines=lines
+            )
+            totals.update(done)
+            if progress is not None:
+                await progress(done)
+            if len(unused) < batch:
+                break
+        return {"code_sessions": 0, "transcript_lines": 0, **totals}
+
     # -- stats ----------------------------------------------------------------------
 
     async def session_stats(
@@ -698,13 +723,87 @@ class SessionManager:
     async def closing_summary(self, session_id: int) -> str | None:
         return await self._summarizing.closing_summary(session_id)
 
-    # -- lifecycle ------------------------------------------------------------------
+    # -- lifecycle (the scheduled jobs; see memory.lifecycle) --------------------------
 
-    async def finalize_idle(self) -> int:
-        return await self._lifecycle.finalize_idle()
+    async def finalize_idle(
+        self, *, now: datetime | None = None, batch: int = 100, progress: Progress | None = None
+    ) -> dict[str, int]:
+        return await self._lifecycle.finalize_idle(now=now, batch=batch, progress=progress)
 
-    async def expire_sessions(self) -> int:
-        return await self._lifecycle.expire()
+    async def expire_sessions(
+        self, *, now: datetime | None = None, batch: int = 100, progress: Progress | None = None
+    ) -> dict[str, int]:
+        return await self._lifecycle.expire(now=now, batch=batch, progress=progress)
 
-    async def delete_expired(self) -> int:
-        return await self._lifecycle.delete_expired()
+    async def delete_expired(
+        self, *, now: datetime | None = None, batch: int = 500, progress: Progress | None = None
+    ) -> dict[str, int]:
+        return await self._lifecycle.delete_expired(now=now, batch=batch, progress=progress)
+
+    async def upgrade_fallback_summaries(
+        self, *, batch: int = 20, progress: Progress | None = None
+    ) -> dict[str, int]:
+        return await self._lifecycle.upgrade_fallbacks(batch=batch, progress=progress)
+
+    def prune(self) -> int:
+        """Forget the per-user spend figures cached in this process (re-read on use)."""
+        return self._spend.prune()
+
+    async def upkeep(self, *, journal_size_limit: int) -> dict[str, int]:
+        """Database upkeep (memory.upkeep): statistics, and the SQLite WAL bounded."""
+        return await upkeep(self.store.db, journal_size_limit=journal_size_limit)
+
+    # -- job runs and leases (memory.store.jobs) ------------------------------------
+
+    async def start_job_run(self, job: str, instance: str, *, now: datetime) -> int:
+        return await self.store.jobs.start(job, instance, now=now)
+
+    async def finish_job_run(
+        self,
+        run_id: int,
+        outcome: str,
+        counts: Mapping[str, int],
+        error: str | None,
+        *,
+        now: datetime,
+    ) -> None:
+        await self.store.jobs.finish(run_id, outcome, counts, error, now=now)
+
+    async def record_job_run(
+        self, job: str, instance: str, outcome: str, *, now: datetime, error: str | None
+    ) -> int:
+        return await self.store.jobs.record(job, instance, outcome, now=now, error=error)
+
+    async def job_run(self, run_id: int) -> JobRun | None:
+        return await self.store.jobs.get(run_id)
+
+    async def last_job_runs(self, jobs: Sequence[str]) -> dict[str, JobRun]:
+        return await self.store.jobs.latest(jobs)
+
+    async def job_history(self, job: str, *, limit: int = 20) -> list[JobRun]:
+        return await self.store.jobs.history(job, limit=limit)
+
+    async def delete_job_runs(self, job: str, *, before: datetime, limit: int) -> int:
+        return await self.store.jobs.delete_before(job, before, limit=limit)
+
+    async def take_job_lease(
+        self,
+        job: str,
+        holder: str,
+        *,
+        now: datetime,
+        until: datetime,
+        not_started_since: datetime | None = None,
+    ) -> bool:
+        return await self.store.jobs.take_lease(
+            job, holder, now=now, until=until, not_started_since=not_started_since
+        )
+
+    async def renew_job_lease(self, job: str, holder: str, *, until: datetime) -> bool:
+        return await self.store.jobs.renew_lease(job, holder, until=until)
+
+    async def release_job_lease(self, job: str, holder: str, *, now: datetime) -> None:
+        await self.store.jobs.release_lease(job, holder, now=now)
+
+    async def job_leases(self) -> dict[str, JobLease]:
+        return await self.store.jobs.leases()

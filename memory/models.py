@@ -213,6 +213,8 @@ class JobRunRow(Base):
     outcome: Mapped[str] = mapped_column(String(20))
     counts: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
+    # The process that ran it (its jobs.instance name); None for runs from before 0005.
+    instance: Mapped[str | None] = mapped_column(String(120))
 
 
 class TokenCalibrationRow(Base):
@@ -358,3 +360,19 @@ class SessionImportRow(Base):
     origin: Mapped[str] = mapped_column(String(64), primary_key=True)
     session_id: Mapped[int] = mapped_column(BigId, ForeignKey("sessions.id", ondelete="CASCADE"))
     imported_at: Mapped[datetime]
+
+
+class JobLeaseRow(Base):
+    """Who runs a job now: taken by compare-and-set, renewed while the job runs, and
+    free once ``expires_at`` has passed (so a crashed holder's lease runs out)."""
+
+    __tablename__ = "job_leases"
+
+    job: Mapped[str] = mapped_column(String(60), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(120))
+    started_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    # Set when the holder's run ended and it let the lease go; None while it runs, or
+    # when it crashed. A scheduled run skips a job that another instance finished
+    # lately (started_at, finished_at), not one whose holder died.
+    finished_at: Mapped[datetime | None]

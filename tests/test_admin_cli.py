@@ -86,3 +86,32 @@ def test_list_show_export_import_delete_and_stats(tmp_path: Path) -> None:
 
     bad = palaver(tmp_path, "sessions", "show", "abc")
     assert bad.returncode == 1 and "positive whole number" in bad.stderr
+
+
+def test_jobs_from_the_command_line_and_the_console(tmp_path: Path) -> None:
+    """`run.py jobs` and /jobs run the same jobs, recorded in the same table."""
+    never = palaver(tmp_path, "jobs", "list")
+    assert never.returncode == 0, never.stderr
+    assert "finalize" in never.stdout and "every 1 min" in never.stdout
+    assert "never" in never.stdout
+
+    ran = palaver(tmp_path, "jobs", "run", "finalize")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.startswith("finalize: ok at ")
+    as_json = json.loads(palaver(tmp_path, "jobs", "run", "prune", "--json").stdout)
+    assert as_json["job"] == "prune" and as_json["outcome"] == "ok"
+    unknown = palaver(tmp_path, "jobs", "run", "vacuum")
+    assert unknown.returncode == 1
+    assert "there is no job 'vacuum'; the jobs are: finalize, expire" in unknown.stderr
+
+    listed = json.loads(palaver(tmp_path, "jobs", "list", "--json").stdout)
+    runs = {job["name"]: job["last_run"] for job in listed}
+    assert runs["finalize"]["outcome"] == "ok" and runs["cleanup"] is None
+
+    # The console's user runs the bot, so /jobs is theirs.
+    console = palaver(tmp_path, "console", stdin="/jobs\n/jobs run expire\n/jobs run vacuum\n")
+    assert console.returncode == 0, console.stderr
+    assert "finalize (every 1 min): idle sessions get their closing summary" in console.stdout
+    assert "last: ok at " in console.stdout
+    assert "expire: ok at " in console.stdout
+    assert "That didn't work: there is no job 'vacuum'" in console.stdout

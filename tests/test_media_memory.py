@@ -318,7 +318,7 @@ async def test_files_are_deleted_with_their_session_by_retention(
             .values(ended_at=long_ago, last_activity_at=long_ago)
         )
         await conn.execute(update(blobs).values(last_used_at=long_ago))
-    assert await manager.delete_expired() == 1
+    assert (await manager.delete_expired())["sessions"] == 1
     assert await manager.attachments(old.id) == {}
     assert await manager.delete_orphaned_attachments() == 1  # own.jpg: nothing links to it
     assert await manager.attachment_data(own.sha256) is None

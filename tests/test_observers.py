@@ -3,10 +3,11 @@ change of a session's state; and an observer that fails never fails a write."""
 
 from __future__ import annotations
 
-import asyncio
+from datetime import timedelta
 
 from memory.manager import SessionManager
 from memory.observers import Change, MemoryEvent, MessageStored, SessionChanged, SummaryWritten
+from memory.store import utcnow
 from memory.types import ChatKey, Role
 from tests.conftest import ManagerFactory
 
@@ -47,11 +48,11 @@ async def test_the_lifecycle_is_told(make_manager: ManagerFactory) -> None:
     manager.observe(events.append)
     session = await manager.open(ChatKey("discord", "5"))
     await manager.add_message(session.id, Role.USER, "one thing to remember: 4417")
-    await asyncio.sleep(1.1)  # past idle_after_s
-    assert await manager.finalize_idle() == 1
+    later = utcnow() + timedelta(seconds=1.5)  # past idle_after_s
+    assert (await manager.finalize_idle(now=later))["finalized"] == 1
     assert changes(events)[1:] == [(session.id, Change.IDLE), (session.id, Change.FINALIZED)]
-    await asyncio.sleep(1.0)  # past expire_after_s
-    assert await manager.expire_sessions() == 1
+    later += timedelta(seconds=2)  # past expire_after_s
+    assert (await manager.expire_sessions(now=later))["expired"] == 1
     assert changes(events)[3:] == [(session.id, Change.EXPIRED)]
     fresh = await manager.open(ChatKey("discord", "5"))
     assert changes(events)[4:] == [(fresh.id, Change.CREATED)]

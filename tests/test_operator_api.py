@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,6 +21,9 @@ from bots.http_server import OperatorServer
 from bots.http_settings import HttpSettings
 from conversation.delivery import MISSED
 from conversation.dispatcher import RESTARTING
+from conversation.job_runner import JobRunner
+from conversation.job_settings import JobsSettings
+from conversation.scheduler import Scheduler
 from conversation.settings import AccessSettings
 from memory.manager import SessionManager
 from memory.types import ChatKey, Delivery, Role, StoredMessage
@@ -278,52 +281,26 @@ async def test_readyz_says_what_is_not_ready(surface: Surface) -> None:
     assert status == 200
 
 
-@dataclass(frozen=True)
-class Run:
-    id: int
-    job: str
-    started_at: datetime
-    finished_at: datetime | None
-    outcome: str
-    counts: dict[str, int]
-    error: str | None
-
-
-@dataclass(frozen=True)
-class Status:
-    name: str
-    about: str
-    last_run: Run | None
-
-
-@dataclass
-class Jobs:
-    """The scheduler as the job routes see it (conversation.scheduler is not here)."""
-
-    runs: list[Run] = field(default_factory=list)
-
-    async def list_jobs(self) -> Sequence[object]:
-        return [Status("finalize", "idle sessions get their closing summary", None)]
-
-    async def run_now(self, name: str) -> Run:
-        now = datetime.now(UTC)
-        run = Run(len(self.runs) + 1, name, now, now, "ok", {"finalized": 2}, None)
-        self.runs.append(run)
-        return run
-
-
 async def test_job_routes(surface: Surface) -> None:
     status, body = await surface.get("/api/jobs")
     assert status == 503 and body == {"error": "jobs are not running in this process"}
     status, body = await surface.send("POST", "/api/jobs/finalize/run")
     assert status == 503
-    surface.server.jobs = Jobs()
+    # The real runner, as the application wires it: it reports every recorded run.
+    later = datetime.now(UTC) + timedelta(hours=3)  # the chat below has gone quiet
+    runner = JobRunner(surface.manager, JobsSettings(), now=lambda: later)
+    runner.observers.append(surface.server.job_finished)
+    surface.server.jobs = Scheduler(runner)
+    await surface.chat("desk-1", "hello")
     status, body = await surface.get("/api/jobs")
-    assert body["items"][0]["name"] == "finalize"
+    assert [job["name"] for job in body["items"]][:2] == ["finalize", "expire"]
+    assert body["items"][0]["last_run"] is None
     status, run = await surface.send("POST", "/api/jobs/finalize/run")
-    assert status == 200 and run["outcome"] == "ok" and run["counts"] == {"finalized": 2}
+    assert status == 200 and run["outcome"] == "ok" and run["counts"]["finalized"] == 1
+    status, body = await surface.get("/api/jobs")
+    assert body["items"][0]["last_run"]["id"] == run["id"]
     status, body = await surface.send("POST", "/api/jobs/nope/run")
-    assert status == 404 and "the jobs are: finalize" in body["error"]
+    assert status == 404 and "the jobs are: finalize, expire" in body["error"]
     status, raw = await surface.get("/metrics")
     assert 'palaver_job_runs_total{job="finalize",outcome="ok"} 1.0' in raw.decode()
 

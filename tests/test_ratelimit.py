@@ -136,3 +136,27 @@ def test_notice_work_per_call_does_not_grow_at_the_cap() -> None:
         notices.take(i, 3600, now=float(i) / 1000)  # all still within their window
     work = [lines_run(partial(notices.take, f"new{i}", 3600, now=11.0)) for i in range(50)]
     assert max(work) <= 30, work
+
+
+def test_prune_forgets_what_lapsed_while_the_process_was_quiet() -> None:
+    """The prune job: nobody wrote since, yet full buckets and lapsed windows go;
+    what is still refilling or within its window stays, and answers as before."""
+    limiter = RateLimiter(RateLimitSettings(per_minute=60, burst=3))  # 3 s to refill
+    reference = Remembering(per_minute=60, burst=3)
+    for user, at in (("early", 0.0), ("late", 2.5)):
+        for _ in range(3):
+            assert limiter.acquire(user, at) == reference.acquire(user, at)
+    assert limiter.prune(now=4.0) == 1  # early is full again; late still refills
+    assert len(limiter) == 1
+    assert limiter.prune(now=4.0) == 0
+    assert limiter.acquire("late", 4.0) == reference.acquire("late", 4.0)
+
+    notices = Notices()
+    assert notices.take("long", 600, now=0.0)
+    assert notices.take("short", 10, now=1.0)  # behind a longer window: take() waits
+    assert notices.take("other", 10, now=20.0)
+    assert len(notices) == 3
+    assert notices.prune(now=25.0) == 1  # "short" lapsed at 11
+    assert not notices.take("long", 600, now=25.0) and not notices.take("other", 10, now=25.0)
+    assert notices.prune(now=700.0) == 2
+    assert len(notices) == 0

@@ -8,10 +8,24 @@ agree on a single session.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Select, bindparam, case, delete, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    case,
+    delete,
+    insert,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 
 from memory.database import translate_errors
 from memory.store.base import Repository, bump_statement
@@ -53,10 +67,28 @@ CURRENT_SESSION: Select[Any] = (
 SESSION_VERSION: Select[Any] = select(sessions.c.version).where(sessions.c.id == bindparam("id"))
 
 
-def lifecycle_event(session_id: int, name: str, detail: dict[str, Any] | None = None) -> Any:
+# What is deleted with a session past retention, in this order, in batches: every
+# table here has a ``session_id`` column. Tables that later hang off a session (the
+# Claude Code transcripts, claude_code_*) are added here, and cleanup deletes them too.
+# What is deleted with a session (the files' links before their messages; the blobs
+# themselves go with the orphan sweep, Attachments.delete_orphans).
+SESSION_CHILDREN: tuple[Table, ...] = (links, messages, summaries, events)
+
+
+def lifecycle_event(
+    session_id: int,
+    name: str,
+    detail: dict[str, Any] | None = None,
+    *,
+    at: datetime | None = None,
+) -> Any:
     """The events row that records a session's change of state."""
     return insert(events).values(
-        session_id=session_id, kind="lifecycle", name=name, detail=detail, created_at=utcnow()
+        session_id=session_id,
+        kind="lifecycle",
+        name=name,
+        detail=detail,
+        created_at=at or utcnow(),
     )
 
 
@@ -212,12 +244,19 @@ class Sessions(Repository):
             await conn.execute(lifecycle_event(session_id, status.value))
             return await self.bump(conn, row, **values)
 
+    # -- lifecycle: idle, finalized, expired, deleted (run by the jobs) ---------------
+
     async def finalize(
-        self, session_id: int, *, expected_version: int, closing_summary: str | None
+        self,
+        session_id: int,
+        *,
+        expected_version: int,
+        closing_summary: str | None,
+        now: datetime | None = None,
     ) -> SessionDelta | None:
         """Idle -> finalized with its closing summary, unless the session changed since
         ``expected_version`` (a message arrived while the summary was written)."""
-        now = utcnow()
+        now = now or utcnow()
         async with translate_errors(), self.db.writer.begin() as conn:
             done = (
                 await conn.execute(
@@ -238,7 +277,7 @@ class Sessions(Repository):
             ).first()
             if done is None:
                 return None
-            await conn.execute(lifecycle_event(session_id, "finalized"))
+            await conn.execute(lifecycle_event(session_id, "finalized", at=now))
             return SessionDelta(session_id, expected_version, expected_version + 1)
 
     async def set_closing_summary(self, session_id: int, text: str) -> None:
@@ -250,75 +289,183 @@ class Sessions(Repository):
                 .values(closing_summary=text, version=sessions.c.version + 1)
             )
 
-    async def mark_idle(self, inactive_since: datetime) -> list[int]:
-        """Active sessions with no activity since ``inactive_since`` become idle."""
-        async with translate_errors(), self.db.writer.begin() as conn:
-            ids = (
-                (
-                    await conn.execute(
-                        update(sessions)
-                        .where(
-                            sessions.c.status == SessionStatus.ACTIVE,
-                            sessions.c.last_activity_at < inactive_since,
-                        )
-                        .values(status=SessionStatus.IDLE, version=sessions.c.version + 1)
-                        .returning(sessions.c.id)
-                    )
-                )
-                .scalars()
-                .all()
+    async def _move(
+        self,
+        statuses: Sequence[SessionStatus],
+        inactive_since: datetime,
+        limit: int | None,
+        values: dict[str, Any],
+    ) -> list[int]:
+        """Sessions in ``statuses`` with no activity since ``inactive_since`` (the
+        quietest ``limit`` of them) get ``values`` and a new version, in one statement."""
+        quiet = [
+            sessions.c.status.in_([s.value for s in statuses]),
+            sessions.c.last_activity_at < inactive_since,
+        ]
+        statement = update(sessions).where(*quiet)
+        if limit is not None:
+            pick = (
+                select(sessions.c.id)
+                .where(*quiet)
+                .order_by(sessions.c.last_activity_at, sessions.c.id)
+                .limit(limit)
             )
-            return list(ids)
+            statement = statement.where(sessions.c.id.in_(pick.scalar_subquery()))
+        statement = statement.values(version=sessions.c.version + 1, **values)
 
-    async def expire(self, inactive_since: datetime) -> list[int]:
-        """Sessions with no activity since ``inactive_since`` become expired."""
-        now = utcnow()
-        async with translate_errors(), self.db.writer.begin() as conn:
-            ids = (
-                (
-                    await conn.execute(
-                        update(sessions)
-                        .where(
-                            sessions.c.status.in_([s.value for s in CONTINUABLE]),
-                            sessions.c.last_activity_at < inactive_since,
-                        )
-                        .values(
-                            status=SessionStatus.EXPIRED,
-                            ended_at=now,
-                            version=sessions.c.version + 1,
-                        )
-                        .returning(sessions.c.id)
-                    )
-                )
-                .scalars()
-                .all()
-            )
-            return list(ids)
+        def transaction(conn: Connection) -> list[int]:
+            return list(conn.execute(statement.returning(sessions.c.id)).scalars().all())
 
-    async def delete_ended(self, ended_before: datetime) -> int:
-        """Delete expired and ended sessions (with their messages) past retention."""
-        async with translate_errors(), self.db.writer.begin() as conn:
-            doomed = select(sessions.c.id).where(
-                sessions.c.status.in_([SessionStatus.EXPIRED, SessionStatus.ENDED]),
-                or_(sessions.c.ended_at < ended_before, sessions.c.ended_at.is_(None)),
-                sessions.c.last_activity_at < ended_before,
+        async with translate_errors():
+            return await self.db.run_write(transaction)
+
+    async def mark_idle(self, inactive_since: datetime, *, limit: int | None = None) -> list[int]:
+        """Active sessions with no activity since ``inactive_since`` become idle (at
+        most ``limit``, the quietest first)."""
+        return await self._move(
+            (SessionStatus.ACTIVE,), inactive_since, limit, {"status": SessionStatus.IDLE}
+        )
+
+    async def idle(self, *, after_id: int = 0, limit: int = 100) -> list[SessionInfo]:
+        """Idle sessions by id, from ``after_id`` on: the finalize job's worklist."""
+        query = (
+            select(sessions)
+            .where(sessions.c.status == SessionStatus.IDLE, sessions.c.id > after_id)
+            .order_by(sessions.c.id)
+            .limit(limit)
+        )
+        async with translate_errors(), self.db.reader.connect() as conn:
+            return [session_info(r) for r in (await conn.execute(query)).mappings()]
+
+    async def expire(
+        self, inactive_since: datetime, *, now: datetime | None = None, limit: int | None = None
+    ) -> list[int]:
+        """Sessions with no activity since ``inactive_since`` become expired (at most
+        ``limit``, the quietest first)."""
+        return await self._move(
+            CONTINUABLE,
+            inactive_since,
+            limit,
+            {"status": SessionStatus.EXPIRED, "ended_at": now or utcnow()},
+        )
+
+    async def with_fallback_summaries(self, *, after_id: int = 0, limit: int = 100) -> list[int]:
+        """Ids of sessions, from ``after_id`` on, that have an active summary the
+        extractive fallback wrote: the upgrade job's worklist."""
+        query = (
+            select(summaries.c.session_id)
+            .where(
+                summaries.c.fallback.is_(True),
+                summaries.c.superseded_by.is_(None),
+                summaries.c.session_id > after_id,
             )
-            ids = list((await conn.execute(doomed)).scalars().all())
-            if not ids:
-                return 0
-            # Explicit child deletes: SQLite only cascades with foreign keys on. The
-            # files' blobs go with the orphan sweep (Attachments.delete_orphans).
-            for table in (links, messages, summaries, events):
-                await conn.execute(delete(table).where(table.c.session_id.in_(ids)))
-            await conn.execute(
-                update(bindings)
-                .where(bindings.c.current_session_id.in_(ids))
-                .values(current_session_id=None)
+            .distinct()
+            .order_by(summaries.c.session_id)
+            .limit(limit)
+        )
+        async with translate_errors(), self.db.reader.connect() as conn:
+            return list((await conn.execute(query)).scalars())
+
+    async def past_retention(self, before: datetime, *, limit: int) -> list[tuple[int, str | None]]:
+        """(id, chat_ref) of expired and ended sessions with nothing since ``before``."""
+        query = (
+            select(sessions.c.id, sessions.c.chat_ref)
+            .where(_past_retention(before))
+            .order_by(sessions.c.last_activity_at, sessions.c.id)
+            .limit(limit)
+        )
+        async with translate_errors(), self.db.reader.connect() as conn:
+            return [(r.id, r.chat_ref) for r in await conn.execute(query)]
+
+    async def delete_children(
+        self, table: Table, session_ids: Sequence[int], before: datetime, *, limit: int
+    ) -> int:
+        """Delete up to ``limit`` rows of ``table`` that belong to those of
+        ``session_ids`` still past retention; returns how many. One short transaction,
+        and the check is in it: a session that took a message meanwhile is left alone.
+        """
+        key = list(table.primary_key.columns)
+        doomed = select(sessions.c.id).where(
+            sessions.c.id.in_(list(session_ids)), _past_retention(before)
+        )
+        # In session order: along an index on session_id, past the rows earlier
+        # batches deleted (PostgreSQL would otherwise scan the table from its start,
+        # over their dead tuples, every batch: quadratic).
+        rows = (
+            select(*key)
+            .where(table.c.session_id.in_(doomed.scalar_subquery()))
+            .order_by(table.c.session_id)
+            .limit(limit)
+        )
+        statement = delete(table).where(
+            key[0].in_(rows.scalar_subquery()) if len(key) == 1 else tuple_(*key).in_(rows)
+        )
+
+        def transaction(conn: Connection) -> int:
+            return int(conn.execute(statement).rowcount)
+
+        async with translate_errors():
+            return await self.db.run_write(transaction)
+
+    async def delete_sessions(
+        self, doomed: Sequence[tuple[int, str | None]], before: datetime
+    ) -> list[int]:
+        """Delete those of the sessions still past retention, with what is left of their
+        rows in ``SESSION_CHILDREN`` (little, after ``delete_children``); the chats and
+        projects that still point at them are unbound. Returns the ids deleted."""
+        ids = [sid for sid, _ in doomed]
+        refs = sorted({ref for _, ref in doomed if ref is not None})
+
+        def transaction(conn: Connection) -> list[int]:
+            still = list(
+                conn.execute(
+                    self.locked(
+                        select(sessions.c.id).where(sessions.c.id.in_(ids), _past_retention(before))
+                    )
+                ).scalars()
             )
-            await conn.execute(
+            if not still:
+                return []
+            # Explicit child deletes: a table added to SESSION_CHILDREN may have no
+            # cascading foreign key.
+            for table in SESSION_CHILDREN:
+                conn.execute(delete(table).where(table.c.session_id.in_(still)))
+            if refs:
+                # By chat_ref, along its unique index: current_session_id has none.
+                conn.execute(
+                    update(bindings)
+                    .where(bindings.c.chat_ref.in_(refs), bindings.c.current_session_id.in_(still))
+                    .values(current_session_id=None)
+                )
+            conn.execute(
                 update(projects)
-                .where(projects.c.current_session_id.in_(ids))
+                .where(projects.c.current_session_id.in_(still))
                 .values(current_session_id=None)
             )
-            await conn.execute(delete(sessions).where(sessions.c.id.in_(ids)))
-            return len(ids)
+            conn.execute(delete(sessions).where(sessions.c.id.in_(still)))
+            return still
+
+        async with translate_errors():
+            return await self.db.run_write(transaction)
+
+    async def delete_ended(self, ended_before: datetime, *, batch: int = 1000) -> int:
+        """Delete every expired and ended session past retention, with all its rows,
+        in transactions of at most ``batch`` rows; returns how many sessions.
+        (memory.lifecycle does the same step by step, yielding between batches.)"""
+        deleted = 0
+        while doomed := await self.past_retention(ended_before, limit=100):
+            ids = [sid for sid, _ in doomed]
+            for table in SESSION_CHILDREN:
+                while await self.delete_children(table, ids, ended_before, limit=batch) == batch:
+                    pass
+            deleted += len(await self.delete_sessions(doomed, ended_before))
+        return deleted
+
+
+def _past_retention(before: datetime) -> Any:
+    """Expired or ended, and nothing happened to it since ``before``."""
+    return and_(
+        sessions.c.status.in_([SessionStatus.EXPIRED.value, SessionStatus.ENDED.value]),
+        or_(sessions.c.ended_at < before, sessions.c.ended_at.is_(None)),
+        sessions.c.last_activity_at < before,
+    )
