@@ -5,26 +5,20 @@ Behind it: the store (memory.store), the session cache kept coherent across proc
 (memory.checks), spend (memory.spend), token calibration (memory.calibration),
 rolling summaries (memory.summarizing) and the lifecycle (memory.lifecycle). Turns of
 one session are serialized by a per-session lock; there is no global lock.
+
+Two concerns are written in modules of their own and mixed in: counting and the
+operator's view (memory.manager_operator), and what the scheduled jobs do
+(memory.manager_jobs).
 """
 
 from __future__ import annotations
 
 import asyncio
 import weakref
-from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
-
-from memory.admin_types import (
-    InterfaceUsage,
-    Restored,
-    SessionFilter,
-    SessionImport,
-    SessionTotals,
-)
 from memory.attachments import KINDS, EncodedMedia, NewAttachment, StoredAttachment, encode
 from memory.cache import SessionCache
 from memory.calibration import Calibration
@@ -33,12 +27,13 @@ from memory.code_sessions import CodeSession, CodeSessions
 from memory.coherence import CoherentCache
 from memory.context import Block, build_context
 from memory.errors import InvalidMessage
-from memory.lifecycle import Lifecycle, Progress
+from memory.lifecycle import Lifecycle
+from memory.manager_jobs import JobsView
+from memory.manager_operator import OperatorView
 from memory.observers import Change, MessageStored, Observer, Observers
 from memory.settings import MemorySettings
 from memory.spend import SpendTracker
 from memory.store import AppendOutcome, NewMessage, Store, utcnow
-from memory.store.jobs import JobLease, JobRun
 from memory.store.rows import CONTINUABLE
 from memory.summarizer import Summarizer
 from memory.summarizing import Summarizing
@@ -48,29 +43,23 @@ from memory.types import (
     ChatKey,
     Context,
     Delivery,
-    GlobalStats,
     Project,
     Role,
     SessionInfo,
-    SessionStats,
     SessionStatus,
     StoredMessage,
     SummaryRecord,
     Usage,
 )
-from memory.upkeep import upkeep
 from memory.writer import MessageWriter
 
 # Above this size, token counting moves off the event loop.
 _COUNT_IN_THREAD_CHARS = 20_000
 # Files in the context are sent with every turn: their base64 is kept up to this size.
 _ENCODED_MEDIA_BYTES = 64 * 1024 * 1024
-# A blob no message links to is deleted once unused for this long (an append that is
-# about to link to it has had ample time).
-_ORPHAN_GRACE = timedelta(hours=1)
 
 
-class SessionManager:
+class SessionManager(OperatorView, JobsView):
     def __init__(
         self,
         store: Store,
@@ -541,150 +530,6 @@ class SessionManager:
                 found[sha256] = encoded
         return found
 
-    async def delete_orphaned_attachments(self) -> int:
-        """Delete the blobs no message links to any more (their messages were deleted
-        by retention), unused for an hour; returns how many. For the cleanup job,
-        after ``delete_expired``."""
-        deleted = 0
-        while True:
-            batch = await self.store.attachments.delete_orphans(utcnow() - _ORPHAN_GRACE)
-            deleted += batch
-            if batch < 500:
-                return deleted
-
-    async def delete_unused_code_sessions(
-        self, *, now: datetime | None = None, batch: int = 500, progress: Progress | None = None
-    ) -> dict[str, int]:
-        """Claude Code sessions a project no longer resumes (reset, replaced or lost)
-        and unused for ``retain_for_s`` are deleted with their transcripts: the
-        transcripts first, so that a failure half-way leaves the row to try again.
-        For the cleanup job. Counts: code_sessions, transcript_lines."""
-        before = (now or utcnow()) - timedelta(seconds=self.settings.retain_for_s)
-        totals: Counter[str] = Counter()
-        while unused := await self._code.unused_since(before, limit=batch):
-            ids = [session.session_id for session in unused]
-            lines = await self.transcripts.delete_sessions(ids)
-            done = Counter(
-                code_sessions=await self._code.delete_sessions(ids), transcript_lines=lines
-            )
-            totals.update(done)
-            if progress is not None:
-                await progress(done)
-            if len(unused) < batch:
-                break
-        return {"code_sessions": 0, "transcript_lines": 0, **totals}
-
-    # -- stats ----------------------------------------------------------------------
-
-    async def session_stats(
-        self,
-        session_id: int,
-        *,
-        token_limit: int | None = None,
-        system_prompt: str = "",
-        model: str | None = None,
-    ) -> SessionStats:
-        """The session's counters, and its context counted as the summary trigger
-        counts it (system prompt included, calibrated for ``model``)."""
-        info = await self.store.sessions.get(session_id)
-        entry = await self._coherent.entry(session_id)
-        limit = token_limit or self.settings.token_limit
-        estimate = self._summarizing.estimate(entry, system_prompt, model)
-        return SessionStats(
-            session_id=info.id,
-            status=info.status,
-            message_count=info.message_count,
-            summaries=len(entry.summary_ids),
-            summarized_through=info.summarized_through,
-            context_tokens=estimate,
-            token_limit=limit,
-            budget_used=estimate / limit,
-            tool_calls=info.tool_calls,
-            errors=info.errors,
-            usage=info.usage,
-        )
-
-    async def global_stats(self) -> GlobalStats:
-        raw = await self.store.usage.global_counts()
-        sessions = raw["sessions_total"]
-        return GlobalStats(
-            sessions_total=sessions,
-            sessions_active=raw["sessions_active"],
-            messages=raw["messages"],
-            input_tokens=raw["input_tokens"],
-            output_tokens=raw["output_tokens"],
-            cache_read_tokens=raw["cache_read_tokens"],
-            cache_write_tokens=raw["cache_write_tokens"],
-            cost_usd=raw["cost_usd"],
-            by_interface=raw["by_interface"],
-            average_session_messages=raw["messages"] / sessions if sessions else 0.0,
-            cache_hits=self.cache.hits,
-            cache_misses=self.cache.misses,
-        )
-
-    # -- the operator's view (the HTTP API and the command line) --------------------
-
-    async def sessions_page(
-        self, where: SessionFilter, *, before_id: int | None = None, limit: int = 50
-    ) -> list[SessionInfo]:
-        """Sessions matching ``where``, newest first, ids below ``before_id``."""
-        return await self.store.admin.page(where, before_id=before_id, limit=limit)
-
-    async def sessions_totals(self, where: SessionFilter) -> SessionTotals:
-        return await self.store.admin.totals(where)
-
-    async def summary_counts(self, session_ids: Sequence[int]) -> dict[int, int]:
-        return await self.store.admin.summary_counts(session_ids)
-
-    async def sessions_by_status(self) -> dict[str, int]:
-        return await self.store.admin.by_status()
-
-    async def usage_by_interface(self) -> list[InterfaceUsage]:
-        return await self.store.admin.by_interface()
-
-    async def usage_by_day(self, since: datetime | None = None) -> dict[str, Usage]:
-        """Reported tokens and cost per UTC day ("YYYY-MM-DD")."""
-        return await self.store.usage.totals("day", since=since)
-
-    async def ping(self) -> None:
-        """Raise StoreUnavailable unless the database answers."""
-        await self.store.admin.ping()
-
-    async def end_session(self, session_id: int) -> SessionInfo:
-        """End a session that is still going (as /reset does for its chat)."""
-        async with self.lock(session_id):
-            info = await self.store.admin.end(session_id)
-        self._coherent.drop(session_id)
-        self.observers.changed([session_id], Change.ENDED, utcnow(), info.chat_ref)
-        return info
-
-    async def delete_session(self, session_id: int) -> SessionInfo:
-        """Delete a session with its messages, summaries and events, now."""
-        async with self.lock(session_id):
-            info = await self.store.admin.delete(session_id)
-        self._coherent.drop(session_id)
-        self._coherent.hints.pop(session_id, None)
-        self.observers.changed([session_id], Change.DELETED, utcnow(), info.chat_ref)
-        return info
-
-    async def import_session(self, item: SessionImport) -> Restored:
-        """Restore an exported session, all of it or nothing (``created`` False: this
-        export is here already)."""
-        for text in (item.carried_summary, item.closing_summary):
-            if text is not None:
-                check_text(text, self.settings.max_message_chars)
-        for message in item.messages:
-            check_text(message.text, self.settings.max_message_chars)
-            check_metadata(message.metadata)
-        try:
-            restored = await self.store.admin.restore(item)
-        except IntegrityError:  # a concurrent import of the same export, or of its id
-            restored = await self.store.admin.restore(item)
-        if restored.created:
-            info = restored.session
-            self.observers.changed([info.id], Change.IMPORTED, utcnow(), info.chat_ref)
-        return restored
-
     # -- summaries ------------------------------------------------------------------
 
     async def maybe_summarize(
@@ -722,88 +567,3 @@ class SessionManager:
 
     async def closing_summary(self, session_id: int) -> str | None:
         return await self._summarizing.closing_summary(session_id)
-
-    # -- lifecycle (the scheduled jobs; see memory.lifecycle) --------------------------
-
-    async def finalize_idle(
-        self, *, now: datetime | None = None, batch: int = 100, progress: Progress | None = None
-    ) -> dict[str, int]:
-        return await self._lifecycle.finalize_idle(now=now, batch=batch, progress=progress)
-
-    async def expire_sessions(
-        self, *, now: datetime | None = None, batch: int = 100, progress: Progress | None = None
-    ) -> dict[str, int]:
-        return await self._lifecycle.expire(now=now, batch=batch, progress=progress)
-
-    async def delete_expired(
-        self, *, now: datetime | None = None, batch: int = 500, progress: Progress | None = None
-    ) -> dict[str, int]:
-        return await self._lifecycle.delete_expired(now=now, batch=batch, progress=progress)
-
-    async def upgrade_fallback_summaries(
-        self, *, batch: int = 20, progress: Progress | None = None
-    ) -> dict[str, int]:
-        return await self._lifecycle.upgrade_fallbacks(batch=batch, progress=progress)
-
-    def prune(self) -> int:
-        """Forget the per-user spend figures cached in this process (re-read on use)."""
-        return self._spend.prune()
-
-    async def upkeep(self, *, journal_size_limit: int) -> dict[str, int]:
-        """Database upkeep (memory.upkeep): statistics, and the SQLite WAL bounded."""
-        return await upkeep(self.store.db, journal_size_limit=journal_size_limit)
-
-    # -- job runs and leases (memory.store.jobs) ------------------------------------
-
-    async def start_job_run(self, job: str, instance: str, *, now: datetime) -> int:
-        return await self.store.jobs.start(job, instance, now=now)
-
-    async def finish_job_run(
-        self,
-        run_id: int,
-        outcome: str,
-        counts: Mapping[str, int],
-        error: str | None,
-        *,
-        now: datetime,
-    ) -> None:
-        await self.store.jobs.finish(run_id, outcome, counts, error, now=now)
-
-    async def record_job_run(
-        self, job: str, instance: str, outcome: str, *, now: datetime, error: str | None
-    ) -> int:
-        return await self.store.jobs.record(job, instance, outcome, now=now, error=error)
-
-    async def job_run(self, run_id: int) -> JobRun | None:
-        return await self.store.jobs.get(run_id)
-
-    async def last_job_runs(self, jobs: Sequence[str]) -> dict[str, JobRun]:
-        return await self.store.jobs.latest(jobs)
-
-    async def job_history(self, job: str, *, limit: int = 20) -> list[JobRun]:
-        return await self.store.jobs.history(job, limit=limit)
-
-    async def delete_job_runs(self, job: str, *, before: datetime, limit: int) -> int:
-        return await self.store.jobs.delete_before(job, before, limit=limit)
-
-    async def take_job_lease(
-        self,
-        job: str,
-        holder: str,
-        *,
-        now: datetime,
-        until: datetime,
-        not_started_since: datetime | None = None,
-    ) -> bool:
-        return await self.store.jobs.take_lease(
-            job, holder, now=now, until=until, not_started_since=not_started_since
-        )
-
-    async def renew_job_lease(self, job: str, holder: str, *, until: datetime) -> bool:
-        return await self.store.jobs.renew_lease(job, holder, until=until)
-
-    async def release_job_lease(self, job: str, holder: str, *, now: datetime) -> None:
-        await self.store.jobs.release_lease(job, holder, now=now)
-
-    async def job_leases(self) -> dict[str, JobLease]:
-        return await self.store.jobs.leases()
