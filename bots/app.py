@@ -1,7 +1,8 @@
 """The application object: the one place where everything is built and wired.
 
-Config -> database (migrated) -> store -> session manager -> agent -> the
-conversation core (turn, command registry, dispatcher) -> interfaces. No
+Config -> database (migrated) -> store -> session manager -> agents -> the
+conversation core (turn, command registry, dispatcher) -> the jobs (runner and
+timetable) -> the operator surface (when [http] is on) -> interfaces. No
 module-level singletons: tests build their own Palaver with their own config,
 several side by side if they like.
 """

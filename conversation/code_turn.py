@@ -70,8 +70,9 @@ class CodeTurns:
         self._root = root
         self._default_model = default_model
         self._compacting: dict[int, asyncio.Task[None]] = {}
-        # (project, Claude Code session) -> its turn count when it was last compacted
-        self._compacted_at: dict[tuple[int, str], int] = {}
+        # project -> (its Claude Code session, that session's turn count) when it was
+        # last compacted: one entry per project, whatever the number of its sessions
+        self._compacted_at: dict[int, tuple[str, int]] = {}
 
     def request(self, project: Project, prompt: str, resume: str | None, user: str) -> CodeRequest:
         settings = project.settings
@@ -145,10 +146,12 @@ class CodeTurns:
             lost=reply.lost_session,
         )
         due = reply.context_tokens >= self._manager.summarize_threshold * token_limit
-        last = self._compacted_at.get((project.id, reply.session_id))
-        if due and (last is None or recorded.turns - last >= _TURNS_BETWEEN_COMPACTIONS):
+        compacted, last = self._compacted_at.get(project.id, ("", 0))
+        if due and (
+            compacted != reply.session_id or recorded.turns - last >= _TURNS_BETWEEN_COMPACTIONS
+        ):
             # Not every turn: Claude Code's own prompt may keep it above the line.
-            self._compacted_at[(project.id, reply.session_id)] = recorded.turns
+            self._compacted_at[project.id] = (reply.session_id, recorded.turns)
             self._compact_later(project, session, reply.session_id, user)
         answer = f"{LOST}\n\n{reply.text}" if reply.lost_session else reply.text
         return AgentReply(answer, reply.usage, reply.model)
