@@ -15,7 +15,12 @@ to this module, which:
   a fresh one seeded with Palaver's memory of the project, and the user is told once;
 - keeps the 70% rule: when Claude Code's context passes ``summarize_threshold`` of
   the project's budget, its session is compacted (``/compact``) in the background,
-  and the summary is kept in Palaver's memory too, as a note in the project's session.
+  and the summary is kept in Palaver's memory too, as a note in the project's session;
+- keeps the host's secrets out of the chat: Claude Code's CLI holds the API key in its
+  environment, so a tool (``env``, ``cat`` of a config) can put it in front of the
+  model, which may repeat it. Everything Claude Code says to a chat (streamed text,
+  progress lines, the reply that is stored, the tool shown for approval) goes through
+  ``redact`` first.
 """
 
 from __future__ import annotations
@@ -28,7 +33,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from agents.base import AgentError, AgentReply, TextDelta
-from agents.claude_code import Approver, ClaudeCodeAgent, CodeReply, CodeRequest, ToolProgress
+from agents.claude_code import (
+    Approver,
+    ClaudeCodeAgent,
+    CodeReply,
+    CodeRequest,
+    ToolApproval,
+    ToolProgress,
+)
 from agents.uploads import Upload, describe_uploads, write_uploads
 from agents.workspace import WorkspaceError, resolve_workdir
 from conversation.metering import timed_model
@@ -55,6 +67,10 @@ _TURNS_BETWEEN_COMPACTIONS = 3
 _SEED_CHARS = 6000
 
 
+def _unchanged(text: str) -> str:
+    return text
+
+
 class CodeTurns:
     """The Claude Code side of turns (see the module docstring)."""
 
@@ -64,8 +80,11 @@ class CodeTurns:
         agent: ClaudeCodeAgent | None,
         root: Path,
         default_model: str,
+        *,
+        redact: Callable[[str], str] | None = None,
     ) -> None:
         self._manager = manager
+        self._redact = redact or _unchanged
         self._agent = agent
         self._root = root
         self._default_model = default_model
@@ -122,7 +141,12 @@ class CodeTurns:
         text = ""
         tools: list[str] = []
         reply: CodeReply | None = None
-        async with contextlib.aclosing(self._agent.stream(request, approve)) as events:
+        redact = self._redact
+
+        async def approve_redacted(approval: ToolApproval) -> bool:
+            return await approve(dataclasses.replace(approval, summary=redact(approval.summary)))
+
+        async with contextlib.aclosing(self._agent.stream(request, approve_redacted)) as events:
             async for event in timed_model(events):
                 if isinstance(event, TextDelta):
                     text += event.text
@@ -133,7 +157,7 @@ class CodeTurns:
                     continue
                 if on_progress is not None:
                     shown = "\n".join(f"_{line}_" for line in tools)
-                    await on_progress(f"{text}\n\n{shown}".strip() if tools else text)
+                    await on_progress(redact(f"{text}\n\n{shown}".strip() if tools else text))
         if reply is None:
             raise AgentError("Claude Code ended without an answer.", kind="code_error")
         recorded = await self._manager.record_code_turn(
@@ -153,7 +177,8 @@ class CodeTurns:
             # Not every turn: Claude Code's own prompt may keep it above the line.
             self._compacted_at[project.id] = (reply.session_id, recorded.turns)
             self._compact_later(project, session, reply.session_id, user)
-        answer = f"{LOST}\n\n{reply.text}" if reply.lost_session else reply.text
+        text = redact(reply.text)
+        answer = f"{LOST}\n\n{text}" if reply.lost_session else text
         return AgentReply(answer, reply.usage, reply.model)
 
     async def _with_uploads(self, project: Project, prompt: str, files: Sequence[Upload]) -> str:
@@ -196,7 +221,7 @@ class CodeTurns:
             summary = await self._agent.compact(self.request(project, "/compact", code_id, user))
             if summary:
                 await self._manager.add_message(
-                    session.id, Role.SYSTEM, f"{COMPACTED}\n\n{summary}"
+                    session.id, Role.SYSTEM, f"{COMPACTED}\n\n{self._redact(summary)}"
                 )
         except (AgentError, PalaverError) as error:
             log.warning("compacting project %s failed: %s", project.name, error)

@@ -9,7 +9,7 @@ fakes in tests/fakes/.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,10 +52,11 @@ def make_dispatcher(
     code_agent: ClaudeCodeAgent | None = None,
     projects_root: Path | None = None,
     approval_timeout_s: float = 5.0,
+    redact: Callable[[str], str] | None = None,
 ) -> Dispatcher:
     """The core as bots/app.py builds it, over ``manager`` and ``agent``."""
     root = projects_root or exports / "projects"
-    code = CodeTurns(manager, code_agent, root, "claude-sonnet-4-6")
+    code = CodeTurns(manager, code_agent, root, "claude-sonnet-4-6", redact=redact)
     turn = Turn(manager, agent, AgentSettings(), spend, code)
     registry = Registry()
     BuiltinCommands(registry, manager, turn, exports).register()

@@ -18,6 +18,7 @@ from agents.claude_code import ClaudeCodeAgent
 from agents.offline import OfflineAgent
 from agents.settings import ClaudeCodeSettings
 from bots.app import Palaver
+from bots.redaction import Redactor
 from conversation.access import Actor
 from conversation.dispatcher import Dispatcher
 from conversation.inbound import Inbound
@@ -555,3 +556,23 @@ async def test_a_photo_in_a_project_chat_is_put_in_its_uploads_folder(
     assert "what is on the whiteboard?" in prompt
     assert f"[The user sent files, saved in the project as: uploads/{saved.name}]" in prompt
     assert port.texts[-1].startswith("Echo: what is on the whiteboard?")
+
+
+async def test_a_secret_claude_code_repeats_never_reaches_the_chat(
+    make_core: Core, fake: FakeAnthropic, manager: SessionManager
+) -> None:
+    """Claude Code's CLI holds the API key in its environment, so a tool can show it
+    to the model; whatever the model then says, the chat and the memory get the
+    secret's name, never its value, in the streamed text as in the stored reply."""
+    redactor = Redactor({"ANTHROPIC_API_KEY": API_KEY, **SECRETS})
+    core = make_core(redact=redactor.redact)
+    await say(core, "/project new app existing")
+    fake.responder = lambda body: f"Your environment has ANTHROPIC_API_KEY={API_KEY} set."
+    port = await say(core, "what is in env?", message_id="1")
+    shown = [*port.texts, *(update for stream in port.streams for update in stream.updates)]
+    assert len(shown) > 1 and all(API_KEY not in text for text in shown), shown
+    assert port.texts[-1] == "Your environment has ANTHROPIC_API_KEY=[ANTHROPIC_API_KEY] set."
+    session = await manager.find_by_chat(TG)
+    assert session is not None
+    stored = [m.text for m in await manager.messages(session.id)]
+    assert all(API_KEY not in text for text in stored), stored
