@@ -25,6 +25,7 @@ from agents.claude_summarizer import ClaudeSummarizer
 from agents.offline import OfflineAgent
 from agents.pricing import Pricing
 from bots.config import Config
+from bots.redaction import Redactor
 from conversation.access import AccessPolicy
 from conversation.approvals import Approvals
 from conversation.attachments import AttachmentReader
@@ -165,7 +166,12 @@ class Palaver:
             await database.dispose()
             raise
         code = CodeTurns(
-            manager, self.build_claude_code(manager), config.projects_root, config.agent.model
+            manager,
+            self.build_claude_code(manager),
+            config.projects_root,
+            config.agent.model,
+            # Claude Code's CLI holds the API key and a tool can show it to the model.
+            redact=Redactor.for_config(config).redact,
         )
         turn = Turn(manager, agent, config.agent, config.spend, code)
         registry = Registry()
