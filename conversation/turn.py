@@ -170,18 +170,7 @@ class Turn:
         #    shutdown or a crash is answered after the restart (where it comes back
         #    here as a duplicate still awaiting its answer).
         owed = question.message_id is not None
-        stored = await manager.add_message(
-            session.id,
-            Role.USER,
-            question.text,
-            author_id=question.actor.user_id,
-            author_name=question.actor.display_name,
-            chat=question.key,
-            platform_message_id=question.message_id,
-            metadata=question.metadata,
-            delivery=Delivery.AWAITING if owed else None,
-            attachments=question.attachments,
-        )
+        stored = await self._store(session, question, owed=owed)
         if stored.duplicate and stored.delivery is not Delivery.AWAITING:
             return TurnResult(Outcome.DUPLICATE, "", session.id)
 
@@ -363,21 +352,28 @@ class Turn:
         it will answer later: after a restart)."""
         try:
             session = await self.manager.open(question.key)
-            stored = await self.manager.add_message(
-                session.id,
-                Role.USER,
-                question.text,
-                author_id=question.actor.user_id,
-                author_name=question.actor.display_name,
-                chat=question.key,
-                platform_message_id=question.message_id,
-                metadata=question.metadata,
-                delivery=Delivery.AWAITING if owed else None,
-            )
+            stored = await self._store(session, question, owed=owed)
         except PalaverError as error:
             return TurnResult(Outcome.REJECTED, str(error))
         outcome = Outcome.DUPLICATE if stored.duplicate else Outcome.STORED
         return TurnResult(outcome, "", session.id)
+
+    async def _store(
+        self, session: SessionInfo, question: Question, *, owed: bool
+    ) -> StoredMessage:
+        """The question as a user message; ``owed`` marks it awaiting an answer."""
+        return await self.manager.add_message(
+            session.id,
+            Role.USER,
+            question.text,
+            author_id=question.actor.user_id,
+            author_name=question.actor.display_name,
+            chat=question.key,
+            platform_message_id=question.message_id,
+            metadata=question.metadata,
+            delivery=Delivery.AWAITING if owed else None,
+            attachments=question.attachments,
+        )
 
 
 async def _deny(_: ToolApproval) -> bool:

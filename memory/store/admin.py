@@ -46,12 +46,14 @@ from memory.store.rows import (
     messages,
     projects,
     session_info,
+    session_sums,
     sessions,
     summaries,
+    summed_usage,
     utcnow,
 )
 from memory.store.sessions import lifecycle_event
-from memory.types import SessionInfo, SessionStatus, Usage
+from memory.types import SessionInfo, SessionStatus
 
 session_imports: Table = SessionImportRow.__table__  # type: ignore[assignment]
 
@@ -96,23 +98,10 @@ class Admin(Repository):
             return [session_info(r) for r in (await conn.execute(query)).mappings()]
 
     async def totals(self, where: SessionFilter) -> SessionTotals:
-        c = sessions.c
-        query = _filtered(
-            select(
-                func.count(c.id),
-                func.coalesce(func.sum(c.message_count), 0),
-                func.coalesce(func.sum(c.input_tokens), 0),
-                func.coalesce(func.sum(c.output_tokens), 0),
-                func.coalesce(func.sum(c.cache_read_tokens), 0),
-                func.coalesce(func.sum(c.cache_write_tokens), 0),
-                func.coalesce(func.sum(c.cost_usd), 0.0),
-            ),
-            where,
-        )
+        query = _filtered(select(*session_sums()), where)
         async with translate_errors(), self.db.reader.connect() as conn:
             row = (await conn.execute(query)).one()
-        usage = Usage(int(row[2]), int(row[3]), int(row[4]), int(row[5]), float(row[6]))
-        return SessionTotals(int(row[0]), int(row[1]), usage)
+        return SessionTotals(*summed_usage(row))
 
     async def summary_counts(self, session_ids: Sequence[int]) -> dict[int, int]:
         """How many active summaries each of ``session_ids`` has."""
@@ -135,31 +124,10 @@ class Admin(Repository):
 
     async def by_interface(self) -> list[InterfaceUsage]:
         c = sessions.c
-        query = (
-            select(
-                c.interface,
-                func.count(c.id),
-                func.coalesce(func.sum(c.message_count), 0),
-                func.coalesce(func.sum(c.input_tokens), 0),
-                func.coalesce(func.sum(c.output_tokens), 0),
-                func.coalesce(func.sum(c.cache_read_tokens), 0),
-                func.coalesce(func.sum(c.cache_write_tokens), 0),
-                func.coalesce(func.sum(c.cost_usd), 0.0),
-            )
-            .group_by(c.interface)
-            .order_by(c.interface)
-        )
+        query = select(c.interface, *session_sums()).group_by(c.interface).order_by(c.interface)
         async with translate_errors(), self.db.reader.connect() as conn:
             rows = (await conn.execute(query)).all()
-        return [
-            InterfaceUsage(
-                str(r[0]),
-                int(r[1]),
-                int(r[2]),
-                Usage(int(r[3]), int(r[4]), int(r[5]), int(r[6]), float(r[7])),
-            )
-            for r in rows
-        ]
+        return [InterfaceUsage(str(r[0]), *summed_usage(r, 1)) for r in rows]
 
     async def ping(self) -> None:
         """One round trip to the database (readiness)."""

@@ -7,12 +7,12 @@ naive, so every mapper makes them aware again.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import Table, func
 
 from memory.attachments import NewAttachment
 from memory.context import TailMessage
@@ -128,6 +128,27 @@ class Snapshot:
     @property
     def tail_seqs(self) -> list[int]:
         return list(range(self.tail_first_seq, self.tail_first_seq + len(self.tail)))
+
+
+def session_sums() -> tuple[Any, ...]:
+    """Sessions, messages and usage summed over the selected sessions, in the order
+    ``summed_usage`` reads them back: every total the operator sees adds up the same."""
+    c = sessions.c
+    return (
+        func.count(c.id),
+        func.coalesce(func.sum(c.message_count), 0),
+        func.coalesce(func.sum(c.input_tokens), 0),
+        func.coalesce(func.sum(c.output_tokens), 0),
+        func.coalesce(func.sum(c.cache_read_tokens), 0),
+        func.coalesce(func.sum(c.cache_write_tokens), 0),
+        func.coalesce(func.sum(c.cost_usd), 0.0),
+    )
+
+
+def summed_usage(row: Sequence[Any], start: int = 0) -> tuple[int, int, Usage]:
+    """(sessions, messages, usage) from ``session_sums``'s columns at ``start``."""
+    r = row[start : start + 7]
+    return int(r[0]), int(r[1]), Usage(int(r[2]), int(r[3]), int(r[4]), int(r[5]), float(r[6]))
 
 
 def session_info(row: Mapping[Any, Any]) -> SessionInfo:

@@ -10,7 +10,15 @@ from sqlalchemy import Select, String, bindparam, func, insert, select, union_al
 
 from memory.database import translate_errors
 from memory.store.base import Repository
-from memory.store.rows import calibration, events, messages, sessions, utcnow
+from memory.store.rows import (
+    calibration,
+    events,
+    messages,
+    session_sums,
+    sessions,
+    summed_usage,
+    utcnow,
+)
 from memory.types import SessionStatus, Usage
 
 
@@ -71,19 +79,7 @@ class UsageLedger(Repository):
     async def global_counts(self) -> dict[str, Any]:
         c = sessions.c
         async with translate_errors(), self.db.reader.connect() as conn:
-            totals = (
-                await conn.execute(
-                    select(
-                        func.count(c.id),
-                        func.coalesce(func.sum(c.message_count), 0),
-                        func.coalesce(func.sum(c.input_tokens), 0),
-                        func.coalesce(func.sum(c.output_tokens), 0),
-                        func.coalesce(func.sum(c.cache_read_tokens), 0),
-                        func.coalesce(func.sum(c.cache_write_tokens), 0),
-                        func.coalesce(func.sum(c.cost_usd), 0.0),
-                    )
-                )
-            ).one()
+            totals = (await conn.execute(select(*session_sums()))).one()
             active = (
                 await conn.execute(
                     select(func.count(c.id)).where(
@@ -97,14 +93,15 @@ class UsageLedger(Repository):
                     select(c.interface, func.count(c.id)).group_by(c.interface)
                 )
             }
+        count, messages_, usage = summed_usage(totals)
         return {
-            "sessions_total": int(totals[0]),
-            "messages": int(totals[1]),
-            "input_tokens": int(totals[2]),
-            "output_tokens": int(totals[3]),
-            "cache_read_tokens": int(totals[4]),
-            "cache_write_tokens": int(totals[5]),
-            "cost_usd": float(totals[6]),
+            "sessions_total": count,
+            "messages": messages_,
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "cache_read_tokens": usage.cache_read_tokens,
+            "cache_write_tokens": usage.cache_write_tokens,
+            "cost_usd": usage.cost_usd,
             "sessions_active": int(active),
             "by_interface": by_interface,
         }
