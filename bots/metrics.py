@@ -46,20 +46,20 @@ class _SessionCache(Collector):
         self._manager = manager
 
     def collect(self) -> Iterator[Metric]:
-        cache = self._manager.cache
+        cache_hits, cache_misses = self._manager.cache_counts()
         hits = CounterMetricFamily(
             "palaver_session_cache_hits", "Sessions served from the in-process cache"
         )
-        hits.add_metric([], cache.hits)
+        hits.add_metric([], cache_hits)
         misses = CounterMetricFamily(
             "palaver_session_cache_misses", "Sessions read from the database into the cache"
         )
-        misses.add_metric([], cache.misses)
-        total = cache.hits + cache.misses
+        misses.add_metric([], cache_misses)
+        total = cache_hits + cache_misses
         rate = GaugeMetricFamily(
             "palaver_session_cache_hit_ratio", "Share of session reads served by the cache"
         )
-        rate.add_metric([], cache.hits / total if total else 0.0)
+        rate.add_metric([], cache_hits / total if total else 0.0)
         yield from (hits, misses, rate)
 
     def describe(self) -> Iterator[Metric]:

@@ -110,6 +110,10 @@ class OperatorView:
         """Reported tokens and cost per UTC day ("YYYY-MM-DD")."""
         return await self.store.usage.totals("day", since=since)
 
+    def cache_counts(self) -> tuple[int, int]:
+        """(hits, misses) of this process's session cache since start."""
+        return self.cache.hits, self.cache.misses
+
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the database answers."""
         await self.store.admin.ping()

@@ -295,3 +295,34 @@ def test_a_sqlite_file_in_an_existing_directory_or_the_data_dir_is_fine(tmp_path
             "PALAVER_PALAVER__DATA_DIR": str(tmp_path / "data"),
         }
         assert load_config(write(tmp_path, ""), environ=environ).database.url == url
+
+
+def test_a_moved_key_still_works_under_its_old_name_with_a_warning(tmp_path: Path) -> None:
+    """[telegram] text_extensions now lives in [attachments], for every interface: an
+    old config keeps working, says so at start, and the new name wins when both are set."""
+    path = write(tmp_path, '[telegram]\ntext_extensions = [".rst", ".tex"]\n')
+    config = load_config(path, environ={})
+    assert config.attachments.text_extensions == [".rst", ".tex"]
+    assert config.notes == [
+        "telegram.text_extensions has moved to attachments.text_extensions; "
+        "the old name still works for now"
+    ]
+    (tmp_path / "both").mkdir()
+    both = write(
+        tmp_path / "both",
+        '[telegram]\ntext_extensions = [".rst"]\n[attachments]\ntext_extensions = [".tex"]\n',
+    )
+    assert load_config(both, environ={}).attachments.text_extensions == [".tex"]
+
+    done = subprocess.run(
+        [sys.executable, "run.py", "--config", str(path), "check-config"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PALAVER_")},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "telegram.text_extensions has moved to attachments.text_extensions" in done.stderr
+    assert 'text_extensions = [".rst", ".tex"]' in done.stdout
