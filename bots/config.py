@@ -1,7 +1,8 @@
 """Configuration: config.toml, overridden from the environment, validated at start.
 
 Naming scheme for overrides: ``PALAVER_<SECTION>__<KEY>``, e.g.
-``PALAVER_MEMORY__TOKEN_LIMIT=50000`` or ``PALAVER_DATABASE__URL=postgresql+asyncpg://...``.
+``PALAVER_MEMORY__TOKEN_LIMIT=50000`` or ``PALAVER_DATABASE__URL=postgresql+asyncpg://...``;
+a nested section takes one ``__`` per level: ``PALAVER_JOBS__CLEANUP__CRON="0 * * * *"``.
 A value is read as a TOML literal when it parses as one (numbers, booleans, lists
 such as ``[1, 2]``), otherwise as a plain string. Secrets come only from the
 environment (TELEGRAM_BOT_TOKEN, DISCORD_BOT_TOKEN, ANTHROPIC_API_KEY) and are never
@@ -142,12 +143,14 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
-        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
-        if section == "secrets":
+        *sections, key = name[len(ENV_PREFIX) :].lower().split("__")
+        if sections[0] == "secrets":
             continue
-        target = data.setdefault(section, {})
-        if not isinstance(target, dict):
-            raise ConfigError(f"{name}: [{section}] is not a section")
+        target = data
+        for depth in range(len(sections)):
+            target = target.setdefault(sections[depth], {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"{name}: [{'.'.join(sections[: depth + 1])}] is not a section")
         target[key] = _env_value(raw)
 
 

@@ -55,9 +55,13 @@ def test_environment_overrides_use_the_documented_scheme(tmp_path: Path) -> None
             "PALAVER_ACCESS__ALLOWED_USERS": '["telegram:1", "2"]',
             "PALAVER_DATABASE__URL": "postgresql+asyncpg://u:pw@db/x",
             "PALAVER_AGENT__SYSTEM_PROMPT": "Be terse.",
+            "PALAVER_JOBS__CLEANUP__CRON": "30 * * * *",
+            "PALAVER_JOBS__FINALIZE__BATCH": "50",
         },
     )
     assert config.memory.token_limit == 50000
+    assert config.jobs.cleanup.cron == "30 * * * *"
+    assert config.jobs.finalize.batch == 50
     assert config.access.allowed_users == ["telegram:1", "2"]
     assert config.database_url == "postgresql+asyncpg://u:pw@db/x"
     assert config.agent.system_prompt == "Be terse."
