@@ -2,7 +2,7 @@
 
     python run.py [--config FILE] sessions list [filters] [--limit N] [--cursor C] [--json]
     python run.py [--config FILE] sessions show ID [--messages N] [--json]
-    python run.py [--config FILE] sessions export ID --format json|csv|md [-o FILE]
+    python run.py [--config FILE] sessions export ID --format json|csv|md [--files] [-o FILE]
     python run.py [--config FILE] sessions import FILE
     python run.py [--config FILE] sessions delete ID [--yes]
     python run.py [--config FILE] stats [--days N] [--json]
@@ -81,6 +81,9 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("id")
     export.add_argument("--format", default="json", help="json, csv or md")
     export.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
+    export.add_argument(
+        "--files", action="store_true", help="JSON: include the files' bytes (base64)"
+    )
     importing = verbs.add_parser("import", help="restore a JSON export (once)")
     importing.add_argument("file", type=Path)
     delete = verbs.add_parser("delete", help="delete a session and everything of it")
@@ -182,7 +185,9 @@ async def _dispatch(args: argparse.Namespace, ops: Operations, out: Console, err
     if verb == "show":
         return await _show(ops, out, session_id_of(args.id), args.messages, args.json)
     if verb == "export":
-        return await _export(ops, err, session_id_of(args.id), args.format, args.output)
+        return await _export(
+            ops, err, session_id_of(args.id), args.format, args.output, files=args.files
+        )
     if verb == "import":
         return await _import(ops, out, err, args.file)
     return await _delete(ops, out, session_id_of(args.id), args.yes)
@@ -309,14 +314,23 @@ async def _show(ops: Operations, out: Console, session_id: int, latest: int, as_
 
 
 async def _export(
-    ops: Operations, err: Console, session_id: int, form: str, target: Path | None
+    ops: Operations,
+    err: Console,
+    session_id: int,
+    form: str,
+    target: Path | None,
+    *,
+    files: bool = False,
 ) -> int:
     kind = ops.export_format(form)
     total = (await ops.manager.get(session_id)).message_count
     with _progress(err, f"exporting #{session_id}") as progress:
         task = progress.add_task("export", total=total or 1)
         _info, path = await ops.export(
-            session_id, kind, on_progress=lambda n: progress.update(task, completed=n)
+            session_id,
+            kind,
+            files=files,
+            on_progress=lambda n: progress.update(task, completed=n),
         )
     try:
         if target is None:

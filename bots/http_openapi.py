@@ -92,6 +92,27 @@ def document(version: str) -> dict[str, Any]:
             "stats": {"type": "object", "description": "with ?stats=true, and for one session"},
         },
     }
+    attachment = {
+        "type": "object",
+        "description": "a file kept with its message (JSON exports; absent: no files)",
+        "properties": {
+            "name": {"type": "string"},
+            "kind": {"enum": ["image", "pdf"]},
+            "media_type": {"type": "string"},
+            "sha256": {"type": "string", "description": "the content hash of the bytes"},
+            "bytes": {"type": "integer"},
+            "width": {"type": ["integer", "null"]},
+            "height": {"type": ["integer", "null"]},
+            "pages": {"type": ["integer", "null"]},
+            "tokens": {"type": "integer"},
+            "data": {
+                "type": "string",
+                "contentEncoding": "base64",
+                "description": "the bytes, in an export with files=true; an import checks "
+                "them against sha256 and keeps them",
+            },
+        },
+    }
     message = {
         "type": "object",
         "properties": {
@@ -106,6 +127,7 @@ def document(version: str) -> dict[str, Any]:
             "platform_message_id": {"type": ["string", "null"]},
             "metadata": {"type": "object"},
             "usage": {"oneOf": [usage, {"type": "null"}]},
+            "attachments": {"type": "array", "items": attachment},
         },
     }
     summary = {
@@ -241,7 +263,17 @@ def document(version: str) -> dict[str, Any]:
                         },
                     }
                 },
-                parameters=[SESSION_ID, _query("format", "json (default), csv or md")],
+                parameters=[
+                    SESSION_ID,
+                    _query("format", "json (default), csv or md"),
+                    _query(
+                        "files",
+                        "true: each attachment of a JSON export carries its bytes as base64 "
+                        "`data`, so that an import elsewhere links the files again "
+                        "(default false: references by content hash only)",
+                        {"type": "boolean", "default": False},
+                    ),
+                ],
             )
         },
         "/api/sessions/{id}/end": {

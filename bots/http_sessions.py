@@ -70,10 +70,11 @@ class SessionRoutes:
 
     async def export(self, request: web.Request) -> web.StreamResponse:
         """The export, written page by page to a private file, streamed from it."""
-        _only(request, "format")
+        _only(request, "format", "files")
         session_id = self._id(request)
         kind = self.ops.export_format(request.query.get("format"))
-        _info, path = await self.ops.export(session_id, kind)
+        files = self.ops.export_files(request.query.get("files"))
+        _info, path = await self.ops.export(session_id, kind, files=files)
         handle = await asyncio.to_thread(path.open, "rb")
         try:
             # Gone from the disk at once: the open handle still reads it, and nothing

@@ -2,13 +2,17 @@
 
 A session can hold 100,000 messages, so an export is never built in memory: it is
 written to a private temporary file page by page, each page formatted and written in
-a worker thread, so that the event loop keeps serving chats meanwhile. A file larger
+a worker thread, so that the event loop keeps serving chats meanwhile. The operator's
+JSON export can carry the files' bytes too (``files=True``: each attachment gets its
+base64 ``data``); each blob is then read from memory only when its message is
+written, so one file at a time is held, never the session's files. A file larger
 than a platform accepts is compressed, and split into parts if it is still too big.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import csv
 import gzip
 import json
@@ -87,7 +91,8 @@ def summary_document(s: SummaryRecord) -> dict[str, Any]:
 
 def attachment_document(a: StoredAttachment) -> dict[str, Any]:
     """A kept file as the JSON export references it: by name and content hash (the
-    bytes stay in the database: ``SessionManager.attachment_data``)."""
+    bytes stay in the database: ``SessionManager.attachment_data``; an export with
+    files adds them as ``data``)."""
     return {
         "name": a.name,
         "kind": a.kind,
@@ -198,6 +203,24 @@ class _Writer:
                 out.write(f"**{speaker(m)}** · {when(m.created_at)}\n\n{m.text}\n\n")
             self.first = False
 
+    def message_head(self, m: StoredMessage) -> None:
+        """A JSON message whose files follow one by one (``attachment``), then
+        ``message_end``: its document without the closing brace, and the list opened.
+        "attachments" is the last field of a message, as ``message_document`` has it."""
+        document = json.dumps(message_document(m))
+        self.out.write(("" if self.first else ",\n") + document[:-1] + ', "attachments": [')
+        self.first = False
+
+    def attachment(self, a: StoredAttachment, data: bytes | None, first: bool) -> None:
+        """One file of the open message, with its bytes where memory still has them."""
+        document = attachment_document(a)
+        if data is not None:
+            document["data"] = base64.b64encode(data).decode("ascii")
+        self.out.write(("" if first else ", ") + json.dumps(document))
+
+    def message_end(self) -> None:
+        self.out.write("]}")
+
     def tail(self, transcripts: dict[str, list[dict[str, Any]]]) -> None:
         """The end; a Claude Code project's session ends with its Claude Code transcripts."""
         out = self.out
@@ -245,13 +268,18 @@ async def write_export(
     kind: Format,
     directory: Path,
     *,
+    files: bool = False,
     on_progress: Callable[[int], None] | None = None,
 ) -> Path:
     """Write ``session`` as ``kind`` to a new private file in ``directory``; returns it.
 
     The file is created 0600 (``mkstemp``): a conversation is nobody else's business.
-    ``on_progress`` is told how many messages are written so far.
+    ``files`` (JSON only): each attachment carries its bytes as base64 ``data`` (a
+    file memory no longer keeps is left a reference). ``on_progress`` is told how
+    many messages are written so far.
     """
+    if files and kind != "json":
+        raise ValueError("only a JSON export carries files")
     path = await asyncio.to_thread(_private_file, directory, f"palaver-{session.id}-", kind)
     try:
         out = await asyncio.to_thread(path.open, "w", encoding="utf-8", newline="")
@@ -265,10 +293,13 @@ async def write_export(
                 page = await manager.messages(session.id, after=after, limit=PAGE)
                 if not page:
                     break
-                files = None
+                found = None
                 if kind == "json":  # the text names each file; JSON references them too
-                    files = await manager.attachments(session.id, after=after, through=page[-1].seq)
-                await asyncio.to_thread(writer.page, page, files)
+                    found = await manager.attachments(session.id, after=after, through=page[-1].seq)
+                if files and found:
+                    await _page_with_files(manager, writer, page, found)
+                else:
+                    await asyncio.to_thread(writer.page, page, found)
                 after = page[-1].seq
                 written += len(page)
                 if on_progress is not None:
@@ -284,6 +315,33 @@ async def write_export(
         await asyncio.to_thread(path.unlink, missing_ok=True)
         raise
     return path
+
+
+async def _page_with_files(
+    manager: SessionManager,
+    writer: _Writer,
+    page: list[StoredMessage],
+    found: dict[int, list[StoredAttachment]],
+) -> None:
+    """A page whose messages carry their files' bytes: the messages without files
+    are written in runs; each file's blob is read (and encoded, off the loop) only as
+    its message is written, so one blob at a time is in memory."""
+    start = 0
+    for index, m in enumerate(page):
+        kept = found.get(m.seq)
+        if not kept:
+            continue
+        if start < index:
+            await asyncio.to_thread(writer.page, page[start:index])
+        await asyncio.to_thread(writer.message_head, m)
+        for position, a in enumerate(kept):
+            data = await manager.attachment_data(a.sha256)
+            await asyncio.to_thread(writer.attachment, a, data, position == 0)
+            del data
+        await asyncio.to_thread(writer.message_end)
+        start = index + 1
+    if start < len(page):
+        await asyncio.to_thread(writer.page, page[start:])
 
 
 def _private_file(directory: Path, prefix: str, kind: Format) -> Path:

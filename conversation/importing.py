@@ -9,11 +9,20 @@ that says where (``messages[12].seq: ...``), and nothing is stored. Token counts
 counted again here, never taken from the document (the context budget relies on
 them). What passes becomes a ``memory.admin_types.SessionImport``, which memory
 stores in one transaction.
+
+An attachment that carries its bytes (an export with files: base64 ``data``) must be
+valid base64 whose SHA-256 and length are the ones the document states, or the whole
+import is refused; memory then keeps the bytes (once per content hash) and links the
+file again. An attachment without data is linked only where this database already
+has its bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import hashlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -110,6 +119,7 @@ class AttachmentDoc(_Strict):
     height: Annotated[int, Field(ge=0, le=1_000_000)] | None
     pages: Annotated[int, Field(ge=0, le=1_000_000)] | None
     tokens: Annotated[int, Field(ge=0, le=10_000_000)]
+    data: str | None = None  # base64, in an export with files
 
 
 class MessageDoc(_Strict):
@@ -201,6 +211,27 @@ def _utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
+def file_bytes(a: AttachmentDoc, where: str) -> bytes | None:
+    """The bytes an attachment carries, checked against what the document says they
+    are (``where`` names it in a refusal); None when it carries none."""
+    if a.data is None:
+        return None
+    try:
+        data = base64.b64decode(a.data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ImportRefused(f"{where}.data: not valid base64") from None
+    if not data:
+        raise ImportRefused(f"{where}.data: an empty file")
+    if hashlib.sha256(data).hexdigest() != a.sha256:
+        raise ImportRefused(
+            f"{where}.data: the bytes do not match sha256 {a.sha256} "
+            "(the file was damaged or changed): nothing was imported"
+        )
+    if len(data) != a.bytes:
+        raise ImportRefused(f"{where}.data: {len(data):,} bytes, but bytes says {a.bytes:,}")
+    return data
+
+
 def to_import(
     doc: ExportDoc, tokens: TokenCounter, on_progress: Callable[[int], None] | None = None
 ) -> SessionImport:
@@ -232,8 +263,9 @@ def to_import(
                         a.height,
                         a.pages,
                         a.tokens,
+                        file_bytes(a, f"messages[{index - 1}].attachments[{position}]"),
                     )
-                    for a in m.attachments
+                    for position, a in enumerate(m.attachments)
                 ),
             )
         )

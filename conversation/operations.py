@@ -248,6 +248,14 @@ class Operations:
     # -- export and import ----------------------------------------------------------
 
     @staticmethod
+    def export_files(raw: str | None) -> bool:
+        """The ``files`` option of an export: whether the files' bytes go with it."""
+        value = (raw or "false").strip().lower()
+        if value not in ("true", "1", "false", "0"):
+            raise InvalidRequest("files must be true or false")
+        return value in ("true", "1")
+
+    @staticmethod
     def export_format(raw: str | None) -> Format:
         kind = FORMATS.get((raw or "json").strip().lower())
         if kind is None:
@@ -259,11 +267,18 @@ class Operations:
         session_id: int,
         kind: Format,
         *,
+        files: bool = False,
         on_progress: Callable[[int], None] | None = None,
     ) -> tuple[SessionInfo, Path]:
-        """The session written to a new private file (the caller deletes it)."""
+        """The session written to a new private file (the caller deletes it); with
+        ``files`` (JSON only) each attachment carries its bytes, so that an import
+        elsewhere links the files again. The chat's ``/export`` never asks for them."""
+        if files and kind != "json":
+            raise InvalidRequest("files are exported with format=json only")
         info = await self.manager.get(session_id)
-        path = await write_export(self.manager, info, kind, self.exports, on_progress=on_progress)
+        path = await write_export(
+            self.manager, info, kind, self.exports, files=files, on_progress=on_progress
+        )
         return info, path
 
     async def import_export(
@@ -278,8 +293,8 @@ class Operations:
             note = "this export is here already (imported before, or never left): nothing changed"
         elif restored.files_missing:
             note = (
-                f"{restored.files_missing} file(s) were not linked again: an export holds no "
-                "file bytes, and this database does not have them"
+                f"{restored.files_missing} file(s) were not linked again: this export holds "
+                "no bytes for them (export with files=true), and this database does not have them"
             )
         return {
             "session_id": info.id,

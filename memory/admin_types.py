@@ -40,8 +40,9 @@ class SessionTotals:
 
 @dataclass(frozen=True, slots=True)
 class ImportAttachment:
-    """A file an exported message carried, by content hash: exports hold no bytes, so
-    it is linked again only where this database still has that file."""
+    """A file an exported message carried, by content hash. With ``data`` (an export
+    with files; the core checked it against the hash) the bytes are kept here; without,
+    the file is linked again only where this database still has it."""
 
     name: str
     kind: str
@@ -52,6 +53,7 @@ class ImportAttachment:
     height: int | None
     pages: int | None
     tokens: int
+    data: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +107,8 @@ class SessionImport:
 @dataclass(frozen=True, slots=True)
 class Restored:
     """What an import did: the session, whether it was written now (False: this
-    export is here already), and files not linked again (their bytes are not here)."""
+    export is here already), and files not linked again (the export carried no bytes
+    for them, and they are not here)."""
 
     session: SessionInfo
     created: bool

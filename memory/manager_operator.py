@@ -6,21 +6,25 @@ mixin, so that the one door stays one class in modules of one concern each.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from sqlalchemy.exc import IntegrityError
 
 from memory.admin_types import (
+    ImportAttachment,
     InterfaceUsage,
     Restored,
     SessionFilter,
     SessionImport,
     SessionTotals,
 )
+from memory.attachments import KINDS
 from memory.cache import SessionCache
-from memory.checks import check_metadata, check_text
+from memory.checks import check_metadata, check_text, check_unicode
 from memory.coherence import CoherentCache
+from memory.errors import InvalidMessage
 from memory.observers import Change, Observers
 from memory.settings import MemorySettings
 from memory.store import Store, utcnow
@@ -144,6 +148,9 @@ class OperatorView:
         for message in item.messages:
             check_text(message.text, self.settings.max_message_chars)
             check_metadata(message.metadata)
+        carried = [a for m in item.messages for a in m.attachments if a.data is not None]
+        if carried:  # hashing is CPU-bound: off the loop
+            await asyncio.to_thread(_check_blobs, carried)
         try:
             restored = await self.store.admin.restore(item)
         except IntegrityError:  # a concurrent import of the same export, or of its id
@@ -152,3 +159,15 @@ class OperatorView:
             info = restored.session
             self.observers.changed([info.id], Change.IMPORTED, utcnow(), info.chat_ref)
         return restored
+
+
+def _check_blobs(files: Sequence[ImportAttachment]) -> None:
+    """A blob is kept under its content hash: bytes that are not what the hash says
+    would be sent to the model as another file (the core checked them; memory keeps
+    its own rule)."""
+    for a in files:
+        if a.kind not in KINDS or not a.data:
+            raise InvalidMessage(f"{a.name!r} is not a file memory can keep")
+        check_unicode(a.name, "the file name")
+        if hashlib.sha256(a.data).hexdigest() != a.sha256:
+            raise InvalidMessage(f"the bytes of {a.name!r} do not match its sha256")

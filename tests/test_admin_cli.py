@@ -3,11 +3,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
+
+from memory.attachments import NewAttachment
+from memory.database import migrate, open_database
+from memory.manager import SessionManager
+from memory.settings import DatabaseSettings, MemorySettings
+from memory.store import Store
+from memory.tokens import TokenCounter
+from memory.types import ChatKey, Role
+from tests.media import jpeg
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -115,3 +130,54 @@ def test_jobs_from_the_command_line_and_the_console(tmp_path: Path) -> None:
     assert "last: ok at " in console.stdout
     assert "expire: ok at " in console.stdout
     assert "That didn't work: there is no job 'vacuum'" in console.stdout
+
+
+async def _with_manager(data_dir: Path, work: Callable[[SessionManager], Awaitable[T]]) -> T:
+    """``work`` with a session manager over the command line's own SQLite file."""
+    database = open_database(f"sqlite+aiosqlite:///{data_dir / 'palaver.db'}", DatabaseSettings())
+    try:
+        await migrate(database)
+        manager = SessionManager(Store(database), TokenCounter(), MemorySettings())
+        await manager.start()
+        try:
+            return await work(manager)
+        finally:
+            await manager.close()
+    finally:
+        await database.dispose()
+
+
+def test_export_with_files_and_import_elsewhere_from_the_command_line(tmp_path: Path) -> None:
+    photo = NewAttachment.of("cat.jpg", "image", "image/jpeg", jpeg(40, 30), 2, width=40, height=30)
+
+    async def seed(manager: SessionManager) -> int:
+        session = await manager.open(ChatKey("telegram", "42"))
+        await manager.add_message(session.id, Role.USER, "my cat", attachments=[photo])
+        await manager.add_message(session.id, Role.ASSISTANT, "a fine cat")
+        return session.id
+
+    (tmp_path / "data").mkdir()
+    session_id = asyncio.run(_with_manager(tmp_path / "data", seed))
+    target = tmp_path / "with-files.json"
+    exported = palaver(
+        tmp_path, "sessions", "export", str(session_id), "--files", "-o", str(target)
+    )
+    assert exported.returncode == 0, exported.stderr
+    (carried,) = json.loads(target.read_text())["messages"][0]["attachments"]
+    assert base64.b64decode(carried["data"]) == photo.data
+    plain = palaver(tmp_path, "sessions", "export", str(session_id))  # references only
+    assert "data" not in json.loads(plain.stdout)["messages"][0]["attachments"][0]
+    csv = palaver(tmp_path, "sessions", "export", str(session_id), "--format", "csv", "--files")
+    assert csv.returncode == 1 and "format=json" in csv.stderr
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    imported = palaver(elsewhere, "sessions", "import", str(target))
+    assert imported.returncode == 0, imported.stderr
+    assert f"imported session #{session_id} (2 messages)" in imported.stdout
+
+    async def kept(manager: SessionManager) -> tuple[list[str], bytes | None]:
+        files = await manager.attachments(session_id)
+        return [a.sha256 for a in files[1]], await manager.attachment_data(photo.sha256)
+
+    assert asyncio.run(_with_manager(elsewhere / "data", kept)) == ([photo.sha256], photo.data)

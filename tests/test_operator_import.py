@@ -4,19 +4,24 @@ with a clear 4xx and nothing half-imported. SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from conversation.importing import read_export
 from memory.admin_types import SessionFilter
 from memory.attachments import NewAttachment
+from memory.errors import InvalidMessage
 from memory.manager import SessionManager
 from memory.types import ChatKey, Role, Usage
 from tests.conftest import ManagerFactory
+from tests.media import pdf, png
 from tests.operator_surface import AUTH, Surface, start_surface, stop_surface
 
 
@@ -255,3 +260,145 @@ async def test_files_are_linked_again_where_their_bytes_are_here(
         assert first.token_count == doc["messages"][0]["token_count"] - 420
     finally:
         await stop_surface(other)
+
+
+async def export_with_files(surface: Surface, session_id: int, files: str = "true") -> bytes:
+    async with surface.http.get(
+        f"{surface.url}/api/sessions/{session_id}/export",
+        params={"format": "json", "files": files},
+        headers=AUTH,
+    ) as response:
+        assert response.status == 200, await response.text()
+        return await response.read()
+
+
+async def photo_session(manager: SessionManager) -> tuple[int, NewAttachment, NewAttachment]:
+    """A chat with a photo sent twice (one blob) and a PDF, and a text reply."""
+    key = ChatKey("discord", "5150")
+    session = await manager.open(key)
+    photo = NewAttachment.of("board.png", "image", "image/png", png(64, 48), 5, width=64, height=48)
+    paper = NewAttachment.of("notes.pdf", "pdf", "application/pdf", pdf(2), 3000, pages=2)
+    await manager.add_message(
+        session.id, Role.USER, "the whiteboard", attachments=[photo], author_id="7"
+    )
+    await manager.add_message(session.id, Role.ASSISTANT, "a diagram of the queue")
+    await manager.add_message(
+        session.id, Role.USER, "again, with notes", attachments=[photo, paper], author_id="7"
+    )
+    await manager.add_message(session.id, Role.ASSISTANT, "thanks")
+    return session.id, photo, paper
+
+
+@pytest.fixture
+async def source(make_manager: ManagerFactory, tmp_path: Path) -> AsyncIterator[Surface]:
+    """A second surface over a SQLite database of its own: where exports come from, so
+    that the parametrized ``surface`` (SQLite or PostgreSQL) is the fresh database."""
+    manager = await make_manager(url=f"sqlite+aiosqlite:///{tmp_path / 'source.db'}")
+    started = await start_surface(manager, tmp_path / "source")
+    yield started
+    await stop_surface(started)
+
+
+async def test_an_export_with_files_restores_them_in_a_fresh_database(
+    source: Surface, surface: Surface
+) -> None:
+    session_id, photo, paper = await photo_session(source.manager)
+    raw = await export_with_files(source, session_id)
+    doc = json.loads(raw)
+    carried = [a for m in doc["messages"] for a in m.get("attachments", [])]
+    assert [a["sha256"] for a in carried] == [photo.sha256, photo.sha256, paper.sha256]
+    assert base64.b64decode(carried[0]["data"]) == photo.data
+    assert base64.b64decode(carried[2]["data"]) == paper.data
+
+    # Without files (the default, as the chat's /export json), references only.
+    plain = json.loads(await export(source, session_id))
+    assert all("data" not in a for m in plain["messages"] for a in m.get("attachments", []))
+    for a in carried:
+        del a["data"]
+    assert plain == doc
+
+    fresh = surface.manager
+    status, result = await surface.send("POST", "/api/import", raw=raw)
+    assert status == 201, result
+    assert result["session_id"] == session_id and result["files_missing"] == 0
+    assert result["note"] is None
+    restored = await fresh.attachments(session_id)
+    assert [a.sha256 for a in restored[1]] == [photo.sha256]
+    assert [(a.kind, a.width, a.height) for a in restored[1]] == [("image", 64, 48)]
+    assert [a.sha256 for a in restored[3]] == [photo.sha256, paper.sha256]
+    assert await fresh.attachment_data(photo.sha256) == photo.data
+    assert await fresh.attachment_data(paper.sha256) == paper.data
+    assert await fresh.store.attachments.count_blobs() == (2, photo.size + paper.size)
+    # The files' tokens are counted with their messages, as where they came from.
+    was = await source.manager.messages(session_id)
+    now = await fresh.messages(session_id)
+    assert [m.token_count for m in now] == [m.token_count for m in was]
+    assert now[0].token_count == fresh.tokens.count("the whiteboard") + photo.tokens
+    info = await fresh.get(session_id)
+    assert info.message_tokens == (await source.manager.get(session_id)).message_tokens
+    # The round trip is exact: exported again here, the same bytes.
+    assert await export_with_files(surface, session_id) == raw
+
+
+def _tamper(doc: dict[str, Any], how: str) -> dict[str, Any]:
+    bad = copy.deepcopy(doc)
+    last = bad["messages"][2]["attachments"][1]
+    if how == "changed bytes":
+        data = bytearray(base64.b64decode(last["data"]))
+        data[100] ^= 0xFF
+        last["data"] = base64.b64encode(bytes(data)).decode()
+    elif how == "not base64":
+        last["data"] = last["data"][:40] + "!*" + last["data"][42:]
+    elif how == "another file":
+        last["data"] = bad["messages"][0]["attachments"][0]["data"]
+    elif how == "data as a number":
+        last["data"] = 12
+    return bad
+
+
+TAMPERED = {
+    "changed bytes": "messages[2].attachments[1].data: the bytes do not match sha256",
+    "not base64": "messages[2].attachments[1].data: not valid base64",
+    "another file": "messages[2].attachments[1].data: the bytes do not match sha256",
+    "data as a number": "messages[2].attachments[1].data",
+}
+
+
+async def test_a_tampered_file_refuses_the_whole_import_and_nothing_is_stored(
+    source: Surface, surface: Surface
+) -> None:
+    session_id, photo, _ = await photo_session(source.manager)
+    doc = json.loads(await export_with_files(source, session_id))
+    fresh = surface.manager
+    for how, message in TAMPERED.items():
+        status, body = await surface.send("POST", "/api/import", _tamper(doc, how))
+        assert status == 422, (how, status, body)
+        assert message in body["error"], (how, body["error"][:300])
+        assert await counts(fresh) == (0, 0), how
+        assert await fresh.store.attachments.count_blobs() == (0, 0), how  # not even the photo
+    status, body = await source.get(f"/api/sessions/{session_id}/export", files="maybe")
+    assert status == 400 and "files must be true or false" in body["error"]
+    status, body = await source.get(
+        f"/api/sessions/{session_id}/export", format="csv", files="true"
+    )
+    assert status == 400 and "format=json" in body["error"]
+    status, result = await surface.send("POST", "/api/import", doc)
+    assert status == 201 and result["files_missing"] == 0  # the untouched one goes in
+    assert await fresh.attachment_data(photo.sha256) == photo.data
+
+
+async def test_memory_keeps_no_blob_whose_bytes_are_not_its_hash(
+    source: Surface, surface: Surface
+) -> None:
+    """The core refuses a damaged file first; memory keeps its own rule all the same
+    (a blob is kept under the hash of its bytes), and stores nothing."""
+    session_id, _, _ = await photo_session(source.manager)
+    raw = await export_with_files(source, session_id)
+    item = await read_export(raw, surface.manager.tokens)
+    first = item.messages[0]
+    wrong = replace(first.attachments[0], data=b"not the photo")
+    spoiled = replace(item, messages=(replace(first, attachments=(wrong,)), *item.messages[1:]))
+    with pytest.raises(InvalidMessage, match="do not match its sha256"):
+        await surface.manager.import_session(spoiled)
+    assert await counts(surface.manager) == (0, 0)
+    assert await surface.manager.store.attachments.count_blobs() == (0, 0)

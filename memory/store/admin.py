@@ -24,6 +24,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 
 from memory.admin_types import (
     InterfaceUsage,
@@ -193,8 +194,17 @@ class Admin(Repository):
     async def restore(self, item: SessionImport) -> Restored:
         """Store an imported session in one transaction, or find it here already (this
         export was imported before, or the session never left). Nothing is written
-        unless all of it is. Files are linked again where their bytes are here."""
+        unless all of it is. Files are linked again where their bytes are here, or
+        came with the export (kept now, once per content hash, in this transaction)."""
         now = utcnow()
+        carried = {a.sha256: a for m in item.messages for a in m.attachments if a.data is not None}
+        keep = None
+        if carried:
+            dialect = sqlite if self.db.is_sqlite else postgresql
+            keep = dialect.insert(blobs)
+            keep = keep.on_conflict_do_update(
+                index_elements=["sha256"], set_={"last_used_at": keep.excluded.last_used_at}
+            )
 
         def transaction(conn: Connection) -> Restored:
             known = conn.execute(
@@ -215,6 +225,19 @@ class Admin(Repository):
                 here["scope"],
             ):
                 return Restored(session_info(here), False)
+            if keep is not None:
+                for a in carried.values():  # one statement a blob, not one of all of them
+                    conn.execute(
+                        keep,
+                        {
+                            "sha256": a.sha256,
+                            "media_type": a.media_type,
+                            "size": len(a.data or b""),
+                            "data": a.data,
+                            "created_at": now,
+                            "last_used_at": now,
+                        },
+                    )
             hashes = {a.sha256 for m in item.messages for a in m.attachments}
             present = set()
             if hashes:
