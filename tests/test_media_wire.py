@@ -310,9 +310,22 @@ async def test_the_same_file_sent_twice_is_kept_once(
         assert claude.media_log[-1]["images"] == 2  # both turns are in the context
 
 
-async def test_images_in_the_history_survive_a_restart_and_are_summarized_by_name(
+SUMMARIZER = "claude-haiku-4-5"
+SEEN = "Facts: whiteboard photo.jpg shows a three-step rollout plan."
+
+
+def seeing_summarizer(body: JSON) -> str:
+    """The fake's answers: the summarizer's fixed summary, else the echo of the turn."""
+    if body["model"] == SUMMARIZER:
+        return SEEN
+    content = body["messages"][-1]["content"]
+    return "Echo: " + " ".join(b["text"] for b in content if b["type"] == "text")[:200]
+
+
+async def test_a_summary_sees_the_images_it_covers_once_and_they_are_not_sent_again(
     tmp_path: Path, db_url: str, tg: FakeTelegram, claude: FakeAnthropic
 ) -> None:
+    claude.responder = seeing_summarizer
     memory = MemorySettings(token_limit=2200, summary_max_tokens=200)
     settings = config(tmp_path, db_url, tg, claude, memory=memory)
     async with running(settings):
@@ -329,14 +342,27 @@ async def test_images_in_the_history_survive_a_restart_and_are_summarized_by_nam
         session = await app.manager.find_by_chat(PRIVATE)
         assert session is not None
         [summary] = await app.manager.summaries(session.id)
-        assert summary.first_seq == 1 and summary.summarizer.startswith("claude:")
-        summarizing = [r for r in claude.requests if r["model"] == "claude-haiku-4-5"]
-        assert len(summarizing) == 1
-        assert "[image: photo.jpg, 1238x928]" in json.dumps(summarizing[0])
-        assert "base64" not in json.dumps(summarizing[0])  # the name, never the image
-        tg.user_message(ANN, "and now?")
-        await tg.wait_for_message(ANN, contains="Echo: and now?")
-        assert claude.media_log[-1]["images"] == 0  # folded: not sent again
+        assert summary.first_seq == 1 and summary.summarizer == f"claude:{SUMMARIZER}"
+        assert summary.text == SEEN  # the model's words, which describe the photo
+        assert len(claude.media_log) == len(claude.requests)  # every request accepted
+        asked = [i for i, r in enumerate(claude.requests) if r["model"] == SUMMARIZER]
+        [first] = asked
+        assert claude.media_log[first]["images"] == 1  # the photo, once, beside its message
+        request = json.dumps(claude.requests[first])
+        assert "[image: photo.jpg, 1238x928]" in request and "say briefly" in request
+        folded = len(claude.requests)
+
+        # Later turns and later summaries never carry it again.
+        for i in range(14):
+            tg.user_message(ANN, f"step {i}: " + "we talked about the rollout again. " * 12)
+            await tg.wait_for_message(ANN, contains=f"Echo: step {i}:")
+            await app.manager.wait_for_summaries()
+        later = claude.media_log[folded:]
+        assert later and all(m["images"] == 0 for m in later)
+        again = [i for i, r in enumerate(claude.requests) if r["model"] == SUMMARIZER]
+        assert len(again) > 1 and all(claude.media_log[i]["images"] == 0 for i in again[1:])
+        summaries = await app.manager.summaries(session.id)
+        assert summaries[-1].last_seq > summary.last_seq
 
 
 # -- models that cannot read files -----------------------------------------------------------
