@@ -64,7 +64,7 @@ def _inputs(first: int, tail: Sequence[TailMessage]) -> list[SummaryInput]:
     return [SummaryInput(first + i, Role(m[ROLE]), m[TEXT], m[AUTHOR]) for i, m in enumerate(tail)]
 
 
-def _chosen(found: dict[int, list[StoredAttachment]]) -> list[StoredAttachment]:
+def files_to_show(found: dict[int, list[StoredAttachment]]) -> list[StoredAttachment]:
     """The files one summary request carries: in message order, each that still fits
     the limits above (a file kept twice in the range goes once)."""
     chosen: list[StoredAttachment] = []
@@ -120,13 +120,13 @@ class Summarizing:
     async def _with_files(
         self, session_id: int, inputs: list[SummaryInput], *, has_files: bool = True
     ) -> list[SummaryInput]:
-        """``inputs`` with the files their messages carried (see ``_chosen``), read from
+        """``inputs`` with the files their messages carried (see ``files_to_show``), read from
         the store for this one request; a file no longer kept is named only."""
         if not inputs or not has_files:
             return inputs
         first, last = inputs[0].seq, inputs[-1].seq
         found = await self._store.attachments.of_session(session_id, after=first - 1, through=last)
-        chosen = _chosen(found)
+        chosen = files_to_show(found)
         if not chosen:
             return inputs
         data = await self._store.attachments.data(f.sha256 for f in chosen)

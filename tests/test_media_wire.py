@@ -365,6 +365,35 @@ async def test_a_summary_sees_the_images_it_covers_once_and_they_are_not_sent_ag
         assert summaries[-1].last_seq > summary.last_seq
 
 
+@pytest.mark.parametrize("configured", [True, False], ids=["configured", "learned"])
+async def test_a_summarizer_that_cannot_read_images_summarizes_them_by_name(
+    tmp_path: Path, sqlite_url: str, tg: FakeTelegram, configured: bool
+) -> None:
+    memory = MemorySettings(token_limit=2200, summary_max_tokens=200)
+    text_only = (SUMMARIZER,) if configured else ()
+    async with (
+        FakeAnthropic(text_only_models=(SUMMARIZER,), responder=seeing_summarizer) as claude,
+        running(
+            config(tmp_path, sqlite_url, tg, claude, memory=memory, text_only_models=text_only)
+        ) as app,
+    ):
+        tg.user_message(ANN, caption="our whiteboard", photo=jpeg(1600, 1200))
+        await tg.wait_for_message(ANN, contains="Echo: our whiteboard")
+        for i in range(6):
+            tg.user_message(ANN, f"point {i}")
+            await tg.wait_for_message(ANN, contains=f"Echo: point {i}")
+        await app.manager.wait_for_summaries()
+        session = await app.manager.find_by_chat(PRIVATE)
+        assert session is not None
+        [summary] = await app.manager.summaries(session.id)
+        assert (summary.text, summary.fallback) == (SEEN, False)  # the model's, by name
+        asked = [r for r in claude.requests if r["model"] == SUMMARIZER]
+        # Learned: one refusal about the image, then the same request in text at once.
+        assert len(asked) == (1 if configured else 2)
+        assert "base64" not in json.dumps(asked[-1])
+        assert "[image: photo.jpg, 1238x928]" in json.dumps(asked[-1])
+
+
 # -- models that cannot read files -----------------------------------------------------------
 
 
