@@ -27,7 +27,16 @@ from collections.abc import Sequence
 from memory.attachments import StoredAttachment, encode
 from memory.cache import CachedSession
 from memory.coherence import CoherentCache
-from memory.context import AUTHOR, ROLE, TEXT, TOKENS, Block, TailMessage, has_media
+from memory.context import (
+    AUTHOR,
+    MAX_PDF_PAGES,
+    ROLE,
+    TEXT,
+    TOKENS,
+    Block,
+    TailMessage,
+    has_media,
+)
 from memory.errors import PalaverError
 from memory.observers import Observers, SummaryWritten
 from memory.settings import MemorySettings
@@ -51,7 +60,8 @@ log = logging.getLogger(__name__)
 # file bytes: ~11 MB as base64, well under the API's 32 MB request limit and within
 # what the summarizer's timeout can upload. 60,000 tokens of files (an image is at
 # most ~1,600, a PDF page ~1,500-3,000): room in a small model's 200k window for the
-# transcript, and a bound on what one fold costs.
+# transcript, and a bound on what one fold costs. PDF pages: the API's 100 a request
+# (memory.context.MAX_PDF_PAGES), which the token bound alone need not keep.
 MAX_SUMMARY_FILES = 20
 MAX_SUMMARY_FILE_BYTES = 8_000_000
 MAX_SUMMARY_FILE_TOKENS = 60_000
@@ -69,7 +79,7 @@ def files_to_show(found: dict[int, list[StoredAttachment]]) -> list[StoredAttach
     the limits above (a file kept twice in the range goes once)."""
     chosen: list[StoredAttachment] = []
     seen: set[str] = set()
-    size = tokens = 0
+    size = tokens = pages = 0
     for seq in sorted(found):
         for file in found[seq]:
             if file.sha256 in seen:
@@ -78,11 +88,13 @@ def files_to_show(found: dict[int, list[StoredAttachment]]) -> list[StoredAttach
                 len(seen) + 1 > MAX_SUMMARY_FILES
                 or size + file.size > MAX_SUMMARY_FILE_BYTES
                 or tokens + file.tokens > MAX_SUMMARY_FILE_TOKENS
+                or pages + (file.pages or 0) > MAX_PDF_PAGES
             ):
                 continue
             seen.add(file.sha256)
             size += file.size
             tokens += file.tokens
+            pages += file.pages or 0
             chosen.append(file)
     return chosen
 

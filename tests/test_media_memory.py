@@ -235,8 +235,14 @@ async def test_a_summary_shows_at_most_twenty_files_and_names_the_rest(
 
 
 def test_the_files_a_summary_shows_stay_within_bytes_and_tokens() -> None:
-    def stored(seq: int, name: str, size: int, tokens: int) -> StoredAttachment:
+    def stored(
+        seq: int, name: str, size: int, tokens: int, pages: int | None = None
+    ) -> StoredAttachment:
         sha = name * 8
+        if pages is not None:
+            return StoredAttachment(
+                seq, 0, name, "pdf", "application/pdf", sha, size, tokens, None, None, pages
+            )
         return StoredAttachment(seq, 0, name, "image", "image/png", sha, size, tokens, 1, 1, None)
 
     big = MAX_SUMMARY_FILE_BYTES // 2 + 1
@@ -245,8 +251,9 @@ def test_the_files_a_summary_shows_stay_within_bytes_and_tokens() -> None:
         2: [stored(2, "b", big, 10), stored(2, "c", 10, 10)],  # b does not fit, c does
         3: [stored(3, "d", 10, MAX_SUMMARY_FILE_TOKENS)],  # over the tokens left
         4: [stored(4, "a", big, 10)],  # the same file again goes once
+        5: [stored(5, "e", 10, 10, pages=60), stored(5, "f", 10, 10, pages=41)],  # 101 pages
     }
-    assert [f.name for f in files_to_show(found)] == ["a", "c"]
+    assert [f.name for f in files_to_show(found)] == ["a", "c", "e"]
 
 
 async def test_the_extractive_fallback_summarizes_messages_with_files_by_name(
