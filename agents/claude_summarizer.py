@@ -9,7 +9,8 @@ Files: memory hands over the images and PDFs of the messages being summarized (s
 memory.summarizing); they go as the same image and document blocks a turn sends
 (agents.claude.file_block), each just before its message's line, and the summary is
 asked to say what each one shows. A model in ``claude.text_only_models``, or one the
-API answers 400 about files, gets the transcript alone, which names each file.
+API answers 400 about files, gets the transcript alone, which names each file; so
+does a request with files the API finds too large (413).
 """
 
 from __future__ import annotations
@@ -105,6 +106,8 @@ class ClaudeSummarizer:
                 )
             except anthropic.APIStatusError as error:
                 reason = files_refused(error) if plain is not None else None
+                if plain is not None and reason is None and error.status_code == 413:
+                    reason = "the files made the request too large"
                 if plain is None or reason is None:
                     raise
                 if about_the_model(reason):

@@ -28,7 +28,7 @@ from conversation.settings import AccessSettings, AttachmentSettings, RateLimitS
 from memory.context import MediaRef
 from memory.settings import DatabaseSettings, MemorySettings
 from memory.types import ChatKey, Context, ContextMessage, Role
-from tests.fakes.anthropic_api import JSON, FakeAnthropic
+from tests.fakes.anthropic_api import JSON, ApiError, FakeAnthropic
 from tests.fakes.telegram_api import FakeTelegram
 from tests.media import bomb_png, jpeg, pdf, png
 from tests.test_telegram_bot import settle
@@ -365,14 +365,23 @@ async def test_a_summary_sees_the_images_it_covers_once_and_they_are_not_sent_ag
         assert summaries[-1].last_seq > summary.last_seq
 
 
-@pytest.mark.parametrize("configured", [True, False], ids=["configured", "learned"])
+def too_large_with_files(body: JSON) -> str:
+    """The fake as an API (or gateway) that finds a summary request with files too big."""
+    if body["model"] == SUMMARIZER and "base64" in json.dumps(body):
+        raise ApiError(413, "Request exceeds the maximum allowed number of bytes.")
+    return seeing_summarizer(body)
+
+
+@pytest.mark.parametrize("how", ["configured", "learned", "too_large"])
 async def test_a_summarizer_that_cannot_read_images_summarizes_them_by_name(
-    tmp_path: Path, sqlite_url: str, tg: FakeTelegram, configured: bool
+    tmp_path: Path, sqlite_url: str, tg: FakeTelegram, how: str
 ) -> None:
     memory = MemorySettings(token_limit=2200, summary_max_tokens=200)
-    text_only = (SUMMARIZER,) if configured else ()
+    text_only = (SUMMARIZER,) if how == "configured" else ()
+    refusing = (SUMMARIZER,) if how != "too_large" else ()
+    responder = too_large_with_files if how == "too_large" else seeing_summarizer
     async with (
-        FakeAnthropic(text_only_models=(SUMMARIZER,), responder=seeing_summarizer) as claude,
+        FakeAnthropic(text_only_models=refusing, responder=responder) as claude,
         running(
             config(tmp_path, sqlite_url, tg, claude, memory=memory, text_only_models=text_only)
         ) as app,
@@ -389,7 +398,7 @@ async def test_a_summarizer_that_cannot_read_images_summarizes_them_by_name(
         assert (summary.text, summary.fallback) == (SEEN, False)  # the model's, by name
         asked = [r for r in claude.requests if r["model"] == SUMMARIZER]
         # Learned: one refusal about the image, then the same request in text at once.
-        assert len(asked) == (1 if configured else 2)
+        assert len(asked) == (1 if how == "configured" else 2)
         assert "base64" not in json.dumps(asked[-1])
         assert "[image: photo.jpg, 1238x928]" in json.dumps(asked[-1])
 
