@@ -88,7 +88,9 @@ class _FilesRefused(Exception):
         self.message = message
 
 
-def _file_block(media_type: str, data: str) -> ImageBlockParam | DocumentBlockParam | None:
+def file_block(media_type: str, data: str) -> ImageBlockParam | DocumentBlockParam | None:
+    """The image or document block of a file (``data`` in base64), as turns and
+    summaries (agents/claude_summarizer.py) send it; None for a type the API cannot read."""
     if media_type in _IMAGE_TYPES:
         image: Base64ImageSourceParam = {
             "type": "base64",
@@ -110,7 +112,7 @@ def _content(message: ContextMessage, media: Mapping[str, str]) -> list[Block]:
     blocks: list[Block] = []
     for sha256, media_type, *_ in message.media:
         data = media.get(sha256)
-        block = _file_block(media_type, data) if data is not None else None
+        block = file_block(media_type, data) if data is not None else None
         if block is not None:
             blocks.append(block)
     blocks.append({"type": "text", "text": message.text})
@@ -148,6 +150,21 @@ def _message(role: Role, content: list[Block]) -> MessageParam:
     if role is Role.ASSISTANT:
         return {"role": "assistant", "content": content}
     return {"role": "user", "content": content}
+
+
+def files_refused(error: anthropic.APIStatusError) -> str | None:
+    """The API's reason when it answered 400 about a request's files (a model that
+    cannot read them, a file it cannot read), not its text; else None."""
+    if _status(error) != 400 or _TOO_LONG.search(str(error.message)):
+        return None
+    text = _error_text(error)
+    return text if _ABOUT_FILES.search(text) else None
+
+
+def about_the_model(reason: str) -> bool:
+    """Whether a refusal of files (``files_refused``) is about the model, which then
+    cannot read any file, rather than about these files."""
+    return _ABOUT_MODEL.search(reason) is not None
 
 
 def _error_text(error: anthropic.APIStatusError) -> str:
@@ -387,7 +404,7 @@ class ClaudeAgent:
     def _learn(self, request: AgentRequest, media: Mapping[str, str], message: str) -> str:
         """Remember what a 400 about files says: the model cannot read files, or these
         files cannot be read. Returns the API's reason, for the user."""
-        if _ABOUT_MODEL.search(message):
+        if about_the_model(message):
             log.warning("%s refused files (%s): sending it text only", request.model, message)
             self._text_only.add(request.model)
         else:
@@ -417,8 +434,9 @@ class ClaudeAgent:
             match = _TOO_LONG.search(str(error.message))
             if match:
                 raise PromptTooLong(int(match.group(1)), str(error.message))
-            if files and not streamed and _ABOUT_FILES.search(_error_text(error)):
-                raise _FilesRefused(_error_text(error))
+            reason = files_refused(error) if files and not streamed else None
+            if reason is not None:
+                raise _FilesRefused(reason)
             raise AgentError(
                 "Claude could not take this request. Your message is saved; try rephrasing it.",
                 kind="bad_request",

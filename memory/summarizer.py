@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from memory.tokens import TokenCounter
@@ -17,11 +17,26 @@ from memory.types import Role
 
 
 @dataclass(frozen=True, slots=True)
+class SummaryFile:
+    """A file (an image, a PDF) a summarized message carried, as memory hands it to the
+    summarizer for that one summary: its name, media type and base64 data."""
+
+    name: str
+    media_type: str
+    data: str = field(repr=False)  # base64; read from memory for this request only
+
+
+@dataclass(frozen=True, slots=True)
 class SummaryInput:
+    """One message to summarize. ``text`` names each file the message carried (e.g.
+    "[image: whiteboard.jpg, 640x480]"); ``files`` are those files themselves, for a
+    summarizer that can look at them, within what one summary request may carry."""
+
     seq: int
     role: Role
     text: str
     author: str | None = None
+    files: tuple[SummaryFile, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,11 +52,16 @@ class Summarizer(Protocol):
     name: str
 
     async def summarize(self, messages: Sequence[SummaryInput], max_tokens: int) -> SummaryText:
-        """Summarize consecutive messages in at most ``max_tokens`` tokens."""
+        """Summarize consecutive messages in at most ``max_tokens`` tokens.
+
+        A message's ``files`` are shown to the summarizer this once: the summary should
+        say briefly what each shows or contains, for no later context or summary sends
+        them again. A summarizer that cannot read files uses the text, which names them.
+        """
         ...
 
     async def merge(self, summaries: Sequence[str], max_tokens: int) -> SummaryText:
-        """Merge stacked summaries (oldest first) into one."""
+        """Merge stacked summaries (oldest first) into one: from their text alone."""
         ...
 
 
@@ -63,7 +83,8 @@ def _facts(text: str) -> list[str]:
 
 
 class ExtractiveSummarizer:
-    """Picks the most informative sentences, in order, within the token bound."""
+    """Picks the most informative sentences, in order, within the token bound. It reads
+    no files: a message's text names them, and that is what it keeps."""
 
     name = "extractive"
 

@@ -9,6 +9,12 @@ summaries stack, and are merged into one of a higher level when they outgrow
 ``summary_share`` of the limit. Nothing here deletes a message: a summary records
 the exact range it covers. When the model summarizer fails, the extractive one
 writes the summary, flagged, and ``upgrade_fallbacks`` rewrites it later.
+
+Files: a summary of messages that carried images or PDFs hands the summarizer those
+files (read from the store for that request only, see ``_with_files``), so that the
+summary can say what each one was. Once folded, a message and its files leave the
+tail: no later turn sends them, and a merge works from summary text alone, so a
+model sees a file for a summary once.
 """
 
 from __future__ import annotations
@@ -18,24 +24,79 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 
+from memory.attachments import StoredAttachment, encode
 from memory.cache import CachedSession
 from memory.coherence import CoherentCache
-from memory.context import AUTHOR, ROLE, TEXT, TOKENS, Block, TailMessage, has_media
+from memory.context import (
+    AUTHOR,
+    MAX_PDF_PAGES,
+    ROLE,
+    TEXT,
+    TOKENS,
+    Block,
+    TailMessage,
+    has_media,
+)
 from memory.errors import PalaverError
 from memory.observers import Observers, SummaryWritten
 from memory.settings import MemorySettings
 from memory.store import Store
-from memory.summarizer import ExtractiveSummarizer, Summarizer, SummaryInput, SummaryText
+from memory.summarizer import (
+    ExtractiveSummarizer,
+    Summarizer,
+    SummaryFile,
+    SummaryInput,
+    SummaryText,
+)
 from memory.tokens import MESSAGE_OVERHEAD, TokenCounter
 from memory.types import Role, SummaryRecord
 
 log = logging.getLogger(__name__)
 
+# What one summary request may carry of the files its messages had; files beyond
+# these (in message order) are named by their message's text alone, as before files
+# were shown. 20 files: past 20 images the Messages API limits each to 2000 px, and
+# a summary of at most ``summary_max_tokens`` cannot say much about more. 8 MB of
+# file bytes: ~11 MB as base64, well under the API's 32 MB request limit and within
+# what the summarizer's timeout can upload. 60,000 tokens of files (an image is at
+# most ~1,600, a PDF page ~1,500-3,000): room in a small model's 200k window for the
+# transcript, and a bound on what one fold costs. PDF pages: the API's 100 a request
+# (memory.context.MAX_PDF_PAGES), which the token bound alone need not keep.
+MAX_SUMMARY_FILES = 20
+MAX_SUMMARY_FILE_BYTES = 8_000_000
+MAX_SUMMARY_FILE_TOKENS = 60_000
+_ENCODE_IN_THREAD_BYTES = 256_000
+
 
 def _inputs(first: int, tail: Sequence[TailMessage]) -> list[SummaryInput]:
     """What the summarizer reads of cached messages: their text, which names each file
-    a message carried (so a summary says what it was); never the files themselves."""
+    a message carried; the files themselves are added by ``Summarizing._with_files``."""
     return [SummaryInput(first + i, Role(m[ROLE]), m[TEXT], m[AUTHOR]) for i, m in enumerate(tail)]
+
+
+def files_to_show(found: dict[int, list[StoredAttachment]]) -> list[StoredAttachment]:
+    """The files one summary request carries: in message order, each that still fits
+    the limits above (a file kept twice in the range goes once)."""
+    chosen: list[StoredAttachment] = []
+    seen: set[str] = set()
+    size = tokens = pages = 0
+    for seq in sorted(found):
+        for file in found[seq]:
+            if file.sha256 in seen:
+                continue
+            if (
+                len(seen) + 1 > MAX_SUMMARY_FILES
+                or size + file.size > MAX_SUMMARY_FILE_BYTES
+                or tokens + file.tokens > MAX_SUMMARY_FILE_TOKENS
+                or pages + (file.pages or 0) > MAX_PDF_PAGES
+            ):
+                continue
+            seen.add(file.sha256)
+            size += file.size
+            tokens += file.tokens
+            pages += file.pages or 0
+            chosen.append(file)
+    return chosen
 
 
 def context_tokens(entry: CachedSession, system_tokens: int) -> int:
@@ -67,6 +128,33 @@ class Summarizing:
         self.extractive = ExtractiveSummarizer(tokens)
         self.summarizer: Summarizer = summarizer or self.extractive
         self._running: dict[int, asyncio.Task[None]] = {}
+
+    async def _with_files(
+        self, session_id: int, inputs: list[SummaryInput], *, has_files: bool = True
+    ) -> list[SummaryInput]:
+        """``inputs`` with the files their messages carried (see ``files_to_show``), read from
+        the store for this one request; a file no longer kept is named only."""
+        if not inputs or not has_files:
+            return inputs
+        first, last = inputs[0].seq, inputs[-1].seq
+        found = await self._store.attachments.of_session(session_id, after=first - 1, through=last)
+        chosen = files_to_show(found)
+        if not chosen:
+            return inputs
+        data = await self._store.attachments.data(f.sha256 for f in chosen)
+        encoded: dict[str, str] = {}
+        for sha256, raw in data.items():
+            small = len(raw) < _ENCODE_IN_THREAD_BYTES
+            encoded[sha256] = encode(raw) if small else await asyncio.to_thread(encode, raw)
+        by_seq: dict[int, list[SummaryFile]] = {}
+        for file in chosen:
+            if file.sha256 in encoded:
+                summary_file = SummaryFile(file.name, file.media_type, encoded[file.sha256])
+                by_seq.setdefault(file.seq, []).append(summary_file)
+        return [
+            dataclasses.replace(m, files=tuple(by_seq[m.seq])) if m.seq in by_seq else m
+            for m in inputs
+        ]
 
     def estimate(self, entry: CachedSession, system_prompt: str, model: str | None) -> int:
         """The context's tokens as the trigger counts them: what /status shows too."""
@@ -166,7 +254,10 @@ class Summarizing:
         fold = max(1, int(count * self._settings.summarize_fraction))
         base = entry.base
         first = entry.tail_first_seq
-        inputs = _inputs(first, entry.tail[:fold])
+        folded_media = entry.media > 0 and any(has_media(m) for m in entry.tail[:fold])
+        inputs = await self._with_files(
+            session_id, _inputs(first, entry.tail[:fold]), has_files=folded_media
+        )
         result = await self._run(inputs, None)
         text, tokens = self._bounded(result.text)
         written = await self._store.summaries.add(
@@ -252,6 +343,7 @@ class Summarizing:
             inputs = [SummaryInput(m.seq, m.role, m.text, m.author_name) for m in originals]
             if not inputs:
                 continue
+            inputs = await self._with_files(session_id, inputs)
             try:
                 result = await self.summarizer.summarize(inputs, self._settings.summary_max_tokens)
             except Exception as error:
@@ -281,7 +373,9 @@ class Summarizing:
         offset = len(entry.summaries) - len(entry.summary_ids)
         parts = [block.text for block in entry.summaries[offset:]]
         if entry.tail:
-            inputs = _inputs(entry.tail_first_seq, entry.tail)
+            inputs = await self._with_files(
+                session_id, _inputs(entry.tail_first_seq, entry.tail), has_files=entry.media > 0
+            )
             parts.append((await self._run(inputs, None)).text)
         if not parts:
             return None

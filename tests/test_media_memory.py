@@ -1,6 +1,6 @@
 """Files kept with their message (memory.attachments, memory.store.attachments): stored
 once per content, counted in the token ledger, carried by the cached tail and the
-context while the budget allows, named once to the summarizer and not sent again,
+context while the budget allows, shown once to the summarizer and not sent again,
 exported by reference, and deleted with their session. SQLite always, PostgreSQL when
 TEST_DATABASE_URL is set."""
 
@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Connection, update
 
 from conversation.export import write_export
-from memory.attachments import NewAttachment
+from memory.attachments import NewAttachment, StoredAttachment
 from memory.context import (
     MAX_MEDIA,
     MAX_MEDIA_BYTES,
@@ -36,6 +36,12 @@ from memory.manager import SessionManager
 from memory.store import utcnow
 from memory.store.rows import blobs, sessions
 from memory.summarizer import SummaryInput, SummaryText
+from memory.summarizing import (
+    MAX_SUMMARY_FILE_BYTES,
+    MAX_SUMMARY_FILE_TOKENS,
+    MAX_SUMMARY_FILES,
+    files_to_show,
+)
 from memory.tokens import MESSAGE_OVERHEAD
 from memory.types import ChatKey, Role
 from tests.conftest import ManagerFactory
@@ -183,6 +189,94 @@ async def test_summarized_files_are_named_to_the_summarizer_once_and_not_sent_ag
     # A restarted process agrees: the folded file is not in the tail.
     restarted = await make_manager()
     assert (await restarted.build_context(session.id)).files == 0
+
+
+async def test_a_fold_and_a_closing_summary_hand_the_summarizer_their_files_once(
+    make_manager: ManagerFactory,
+) -> None:
+    recorder = Recorder()
+    manager = await make_manager(summarizer=recorder)
+    session = await manager.open(KEY)
+    board = photo(name="whiteboard.jpg")
+    await manager.add_message(session.id, Role.USER, "the plan", attachments=[board])
+    for i in range(9):
+        await manager.add_message(session.id, Role.ASSISTANT if i % 2 == 0 else Role.USER, f"m{i}")
+    await manager.fold(session.id)
+    [shown] = [m for m in recorder.seen if m.files]
+    assert shown.seq == 1 and [f.name for f in shown.files] == ["whiteboard.jpg"]
+    assert base64.b64decode(shown.files[0].data) == board.data
+    assert shown.files[0].media_type == "image/jpeg"
+    assert "base64" not in repr(shown) and shown.files[0].data not in repr(shown)
+    # The closing summary covers the rest: a file of the tail is shown; the folded one
+    # is not shown again (its summary's text stands for it).
+    report = document(name="notes.pdf")
+    await manager.add_message(session.id, Role.USER, "notes", attachments=[report])
+    recorder.seen.clear()
+    await manager.closing_summary(session.id)
+    assert [f.name for m in recorder.seen for f in m.files] == ["notes.pdf"]
+    assert recorder.seen[-1].files[0].media_type == "application/pdf"
+
+
+async def test_a_summary_shows_at_most_twenty_files_and_names_the_rest(
+    make_manager: ManagerFactory,
+) -> None:
+    recorder = Recorder()
+    manager = await make_manager(summarizer=recorder)
+    session = await manager.open(KEY)
+    files = [document(name="a.pdf")] + [photo(32 + i, 32, name=f"p{i}.jpg") for i in range(21)]
+    names = ", ".join(f.name for f in files)
+    await manager.add_message(session.id, Role.USER, f"files: {names}", attachments=files)
+    for i in range(9):
+        await manager.add_message(session.id, Role.ASSISTANT if i % 2 == 0 else Role.USER, f"m{i}")
+    await manager.fold(session.id)
+    [shown] = [m for m in recorder.seen if m.files]
+    assert [f.name for f in shown.files] == [f.name for f in files[:MAX_SUMMARY_FILES]]
+    assert "p20.jpg" in shown.text  # beyond the limit: named by the text alone
+
+
+def test_the_files_a_summary_shows_stay_within_bytes_and_tokens() -> None:
+    def stored(
+        seq: int, name: str, size: int, tokens: int, pages: int | None = None
+    ) -> StoredAttachment:
+        sha = name * 8
+        if pages is not None:
+            return StoredAttachment(
+                seq, 0, name, "pdf", "application/pdf", sha, size, tokens, None, None, pages
+            )
+        return StoredAttachment(seq, 0, name, "image", "image/png", sha, size, tokens, 1, 1, None)
+
+    big = MAX_SUMMARY_FILE_BYTES // 2 + 1
+    found = {
+        1: [stored(1, "a", big, 10)],
+        2: [stored(2, "b", big, 10), stored(2, "c", 10, 10)],  # b does not fit, c does
+        3: [stored(3, "d", 10, MAX_SUMMARY_FILE_TOKENS)],  # over the tokens left
+        4: [stored(4, "a", big, 10)],  # the same file again goes once
+        5: [stored(5, "e", 10, 10, pages=60), stored(5, "f", 10, 10, pages=41)],  # 101 pages
+    }
+    assert [f.name for f in files_to_show(found)] == ["a", "c", "e"]
+
+
+async def test_the_extractive_fallback_summarizes_messages_with_files_by_name(
+    make_manager: ManagerFactory,
+) -> None:
+    class Failing(Recorder):
+        async def summarize(self, messages: Sequence[SummaryInput], max_tokens: int) -> SummaryText:
+            await super().summarize(messages, max_tokens)
+            raise RuntimeError("the model is down")
+
+    failing = Failing()
+    manager = await make_manager(summarizer=failing)
+    session = await manager.open(KEY)
+    text = "Look at this Whiteboard\n\n[image: whiteboard.jpg, 640x480]"
+    await manager.add_message(
+        session.id, Role.USER, text, attachments=[photo(name="whiteboard.jpg")]
+    )
+    for i in range(9):
+        await manager.add_message(session.id, Role.ASSISTANT if i % 2 == 0 else Role.USER, f"m{i}")
+    summary = await manager.fold(session.id)
+    assert summary is not None and summary.fallback and summary.summarizer == "extractive"
+    assert "whiteboard.jpg" in summary.text
+    assert any(m.files for m in failing.seen)  # the model was offered the file
 
 
 async def test_files_go_with_a_suffix_of_the_window_and_the_newest_text_always_fits() -> None:

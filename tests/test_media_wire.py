@@ -28,7 +28,7 @@ from conversation.settings import AccessSettings, AttachmentSettings, RateLimitS
 from memory.context import MediaRef
 from memory.settings import DatabaseSettings, MemorySettings
 from memory.types import ChatKey, Context, ContextMessage, Role
-from tests.fakes.anthropic_api import JSON, FakeAnthropic
+from tests.fakes.anthropic_api import JSON, ApiError, FakeAnthropic
 from tests.fakes.telegram_api import FakeTelegram
 from tests.media import bomb_png, jpeg, pdf, png
 from tests.test_telegram_bot import settle
@@ -310,9 +310,22 @@ async def test_the_same_file_sent_twice_is_kept_once(
         assert claude.media_log[-1]["images"] == 2  # both turns are in the context
 
 
-async def test_images_in_the_history_survive_a_restart_and_are_summarized_by_name(
+SUMMARIZER = "claude-haiku-4-5"
+SEEN = "Facts: whiteboard photo.jpg shows a three-step rollout plan."
+
+
+def seeing_summarizer(body: JSON) -> str:
+    """The fake's answers: the summarizer's fixed summary, else the echo of the turn."""
+    if body["model"] == SUMMARIZER:
+        return SEEN
+    content = body["messages"][-1]["content"]
+    return "Echo: " + " ".join(b["text"] for b in content if b["type"] == "text")[:200]
+
+
+async def test_a_summary_sees_the_images_it_covers_once_and_they_are_not_sent_again(
     tmp_path: Path, db_url: str, tg: FakeTelegram, claude: FakeAnthropic
 ) -> None:
+    claude.responder = seeing_summarizer
     memory = MemorySettings(token_limit=2200, summary_max_tokens=200)
     settings = config(tmp_path, db_url, tg, claude, memory=memory)
     async with running(settings):
@@ -329,14 +342,65 @@ async def test_images_in_the_history_survive_a_restart_and_are_summarized_by_nam
         session = await app.manager.find_by_chat(PRIVATE)
         assert session is not None
         [summary] = await app.manager.summaries(session.id)
-        assert summary.first_seq == 1 and summary.summarizer.startswith("claude:")
-        summarizing = [r for r in claude.requests if r["model"] == "claude-haiku-4-5"]
-        assert len(summarizing) == 1
-        assert "[image: photo.jpg, 1238x928]" in json.dumps(summarizing[0])
-        assert "base64" not in json.dumps(summarizing[0])  # the name, never the image
-        tg.user_message(ANN, "and now?")
-        await tg.wait_for_message(ANN, contains="Echo: and now?")
-        assert claude.media_log[-1]["images"] == 0  # folded: not sent again
+        assert summary.first_seq == 1 and summary.summarizer == f"claude:{SUMMARIZER}"
+        assert summary.text == SEEN  # the model's words, which describe the photo
+        assert len(claude.media_log) == len(claude.requests)  # every request accepted
+        asked = [i for i, r in enumerate(claude.requests) if r["model"] == SUMMARIZER]
+        [first] = asked
+        assert claude.media_log[first]["images"] == 1  # the photo, once, beside its message
+        request = json.dumps(claude.requests[first])
+        assert "[image: photo.jpg, 1238x928]" in request and "say briefly" in request
+        folded = len(claude.requests)
+
+        # Later turns and later summaries never carry it again.
+        for i in range(14):
+            tg.user_message(ANN, f"step {i}: " + "we talked about the rollout again. " * 12)
+            await tg.wait_for_message(ANN, contains=f"Echo: step {i}:")
+            await app.manager.wait_for_summaries()
+        later = claude.media_log[folded:]
+        assert later and all(m["images"] == 0 for m in later)
+        again = [i for i, r in enumerate(claude.requests) if r["model"] == SUMMARIZER]
+        assert len(again) > 1 and all(claude.media_log[i]["images"] == 0 for i in again[1:])
+        summaries = await app.manager.summaries(session.id)
+        assert summaries[-1].last_seq > summary.last_seq
+
+
+def too_large_with_files(body: JSON) -> str:
+    """The fake as an API (or gateway) that finds a summary request with files too big."""
+    if body["model"] == SUMMARIZER and "base64" in json.dumps(body):
+        raise ApiError(413, "Request exceeds the maximum allowed number of bytes.")
+    return seeing_summarizer(body)
+
+
+@pytest.mark.parametrize("how", ["configured", "learned", "too_large"])
+async def test_a_summarizer_that_cannot_read_images_summarizes_them_by_name(
+    tmp_path: Path, sqlite_url: str, tg: FakeTelegram, how: str
+) -> None:
+    memory = MemorySettings(token_limit=2200, summary_max_tokens=200)
+    text_only = (SUMMARIZER,) if how == "configured" else ()
+    refusing = (SUMMARIZER,) if how != "too_large" else ()
+    responder = too_large_with_files if how == "too_large" else seeing_summarizer
+    async with (
+        FakeAnthropic(text_only_models=refusing, responder=responder) as claude,
+        running(
+            config(tmp_path, sqlite_url, tg, claude, memory=memory, text_only_models=text_only)
+        ) as app,
+    ):
+        tg.user_message(ANN, caption="our whiteboard", photo=jpeg(1600, 1200))
+        await tg.wait_for_message(ANN, contains="Echo: our whiteboard")
+        for i in range(6):
+            tg.user_message(ANN, f"point {i}")
+            await tg.wait_for_message(ANN, contains=f"Echo: point {i}")
+        await app.manager.wait_for_summaries()
+        session = await app.manager.find_by_chat(PRIVATE)
+        assert session is not None
+        [summary] = await app.manager.summaries(session.id)
+        assert (summary.text, summary.fallback) == (SEEN, False)  # the model's, by name
+        asked = [r for r in claude.requests if r["model"] == SUMMARIZER]
+        # Learned: one refusal about the image, then the same request in text at once.
+        assert len(asked) == (1 if how == "configured" else 2)
+        assert "base64" not in json.dumps(asked[-1])
+        assert "[image: photo.jpg, 1238x928]" in json.dumps(asked[-1])
 
 
 # -- models that cannot read files -----------------------------------------------------------
