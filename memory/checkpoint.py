@@ -43,6 +43,9 @@ class WalCheckpointer:
         self._wrote = False
         self._closed = False
         self._task: asyncio.Task[None] | None = None
+        # SQLite answers "busy" to a checkpoint while another one runs: this process's
+        # checkpoints (these after writes, upkeep's truncation) take turns instead.
+        self._one_at_a_time = asyncio.Lock()
 
     def note_write(self) -> None:
         """A write committed: checkpoint soon. Cheap enough for every commit."""
@@ -65,7 +68,7 @@ class WalCheckpointer:
         beside the commits.
         """
         engine = self._writer if on_writer else self._reader
-        async with engine.connect() as conn:
+        async with self._one_at_a_time, engine.connect() as conn:
             raw = await conn.get_raw_connection()
             driver: Any = raw.driver_connection
             # On the raw connection, outside any transaction: a checkpoint inside a

@@ -31,6 +31,7 @@ from memory.types import ChatKey, Context, ContextMessage, Role
 from tests.fakes.anthropic_api import JSON, ApiError, FakeAnthropic
 from tests.fakes.telegram_api import FakeTelegram
 from tests.media import bomb_png, jpeg, pdf, png
+from tests.test_jobs import eventually
 from tests.test_telegram_bot import settle
 
 TOKEN = "123:ABC"
@@ -283,9 +284,13 @@ async def test_an_image_in_a_group_that_does_not_address_the_bot_is_stored_unrea
 ) -> None:
     async with running(config(tmp_path, db_url, tg, claude)) as app:
         tg.user_message(GROUP, chat_type="group", caption="nice view", photo=jpeg(800, 600))
-        await settle(tg)
-        assert claude.requests == [] and tg.calls("getFile") == [] and tg.messages(GROUP) == []
         group = ChatKey("telegram", str(GROUP))
+
+        async def stored() -> bool:
+            return await app.manager.find_by_chat(group) is not None
+
+        await eventually(stored)  # storing it is the last thing the bot does with it
+        assert claude.requests == [] and tg.calls("getFile") == [] and tg.messages(GROUP) == []
         assert await history(app, group) == [(Role.USER, "nice view [photo]")]
         tg.user_message(GROUP, "@palaver_test_bot what did I post?", chat_type="group")
         await tg.wait_for_message(GROUP, contains="Echo:")
