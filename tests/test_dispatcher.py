@@ -608,3 +608,34 @@ async def test_status_shows_a_finalized_session_and_when_it_expires(
     assert port.texts[-1].splitlines()[0] == status_line(
         manager, sid, "active", again.last_activity_at
     )
+
+
+async def test_status_shows_the_state_the_lifecycle_has_reached_before_the_jobs_store_it(
+    core: Dispatcher, manager: SessionManager
+) -> None:
+    """The jobs store a state a little after it is reached (finalize runs every
+    minute, expire every five, or not at all when jobs are off). /status used to show
+    the stored one: "active" for a session quiet past idle_after_s, and past
+    expire_after_s "active; continues until" a time already gone, though the next
+    message starts a fresh conversation."""
+    from tests.test_lifecycle import quiet_for
+
+    port = RecordingPort()
+    sid = await quiet_chat(core, manager, port)  # quiet past idle_after_s; no job has run
+    assert (await manager.get(sid)).status is SessionStatus.ACTIVE
+    quiet = await manager.get(sid)
+    await core.handle(say("/status"), port)
+    assert port.texts[-1].splitlines()[0] == status_line(
+        manager, sid, "idle", quiet.last_activity_at
+    )
+
+    await quiet_for(manager, sid, manager.expire_after_s + 60)  # past expiry; still no job
+    await core.handle(say("/status"), port)
+    first = port.texts[-1].splitlines()[0]
+    assert first == (
+        f"Session #{sid} (expired; your next message starts a fresh conversation "
+        "that carries a summary of this one), model claude-sonnet-4-6"
+    )
+    assert (await manager.get(sid)).status is SessionStatus.ACTIVE  # /status changed nothing
+    await core.handle(say("hello again", message_id="2"), port)
+    assert port.texts[-2].startswith("It's been a while, so this is a fresh conversation")
