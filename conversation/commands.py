@@ -101,9 +101,15 @@ class BuiltinCommands:
         )
         usage = stats.usage
         expires = session.last_activity_at + timedelta(seconds=manager.expire_after_s)
-        state = stats.status.value
-        if stats.status in (SessionStatus.ACTIVE, SessionStatus.IDLE, SessionStatus.FINALIZED):
+        # The state reached by now, which the jobs may not have stored yet.
+        status = manager.state_of(session)
+        state = status.value
+        if status in (SessionStatus.ACTIVE, SessionStatus.IDLE, SessionStatus.FINALIZED):
             state += f"; continues until {expires:%Y-%m-%d %H:%M} UTC unless you write again"
+        elif status is SessionStatus.EXPIRED:
+            state += "; your next message starts a fresh conversation"
+            if manager.settings.carry_closing_summary:
+                state += " that carries a summary of this one"
         lines = [
             f"Session #{stats.session_id} ({state}), model {profile.model}",
             f"Context: {stats.context_tokens:,} of {stats.token_limit:,} tokens "

@@ -28,8 +28,10 @@ from memory.errors import PalaverError, StoreUnavailable
 from memory.observers import Change, Observers
 from memory.settings import MemorySettings
 from memory.store import Store, utcnow
+from memory.store.rows import CONTINUABLE
 from memory.store.sessions import SESSION_CHILDREN
 from memory.summarizing import Summarizing
+from memory.types import SessionInfo, SessionStatus
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,23 @@ _SESSIONS_PER_GROUP = 100
 
 async def _pause(_counts: Mapping[str, int]) -> None:
     await asyncio.sleep(0)
+
+
+def state_at(session: SessionInfo, settings: MemorySettings, now: datetime) -> SessionStatus:
+    """The state the lifecycle has brought ``session`` to at ``now``.
+
+    The jobs store a state some time after it is reached (finalize runs every minute,
+    expire every few, and not at all with the jobs off), so what a user is shown, and
+    whether the next message continues the session, is decided here from the times,
+    not read from the stored status alone: an active session quiet for
+    ``idle_after_s`` is idle; an open one quiet for ``expire_after_s`` is expired.
+    """
+    quiet = now - session.last_activity_at
+    if session.status in CONTINUABLE and quiet >= timedelta(seconds=settings.expire_after_s):
+        return SessionStatus.EXPIRED
+    if session.status is SessionStatus.ACTIVE and quiet >= timedelta(seconds=settings.idle_after_s):
+        return SessionStatus.IDLE
+    return session.status
 
 
 class LifecycleIncomplete(PalaverError):

@@ -27,7 +27,7 @@ from memory.code_sessions import CodeSession, CodeSessions
 from memory.coherence import CoherentCache
 from memory.context import Block, build_context
 from memory.errors import InvalidMessage
-from memory.lifecycle import Lifecycle
+from memory.lifecycle import Lifecycle, state_at
 from memory.manager_jobs import JobsView
 from memory.manager_operator import OperatorView
 from memory.observers import Change, MessageStored, Observer, Observers
@@ -156,12 +156,7 @@ class SessionManager(OperatorView, JobsView):
         check_origin(key, None)
         session, project = await self.store.sessions.current(key)
         expire_after = timedelta(seconds=self.settings.expire_after_s)
-        if (
-            session is not None
-            and session.status
-            in (SessionStatus.ACTIVE, SessionStatus.IDLE, SessionStatus.FINALIZED)
-            and session.last_activity_at + expire_after > utcnow()
-        ):
+        if session is not None and self.state_of(session) in CONTINUABLE:
             return session, project
         if (
             session is not None
@@ -203,6 +198,11 @@ class SessionManager(OperatorView, JobsView):
                 self.observers.changed([current.id], Change.ENDED, session.created_at, key.ref)
             self.observers.changed([session.id], Change.RESET, session.created_at, key.ref)
         return self._coherent.fresh(session)
+
+    def state_of(self, session: SessionInfo, now: datetime | None = None) -> SessionStatus:
+        """The state ``session`` has reached by ``now``, stored yet or not (see
+        memory.lifecycle.state_at)."""
+        return state_at(session, self.settings, now or utcnow())
 
     async def get(self, session_id: int) -> SessionInfo:
         return await self.store.sessions.get(session_id)

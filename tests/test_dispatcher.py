@@ -10,6 +10,7 @@ import asyncio
 import gzip
 import json
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,8 @@ from conversation.inbound import Attachment, Inbound
 from conversation.registry import parse_command
 from conversation.settings import AccessSettings
 from memory.manager import SessionManager
-from memory.types import ChatKey, Delivery, Role
+from memory.store import utcnow
+from memory.types import ChatKey, Delivery, Role, SessionStatus
 from tests.core import RecordingPort, RetryLater, Unreachable, group_port, make_dispatcher
 
 DM = ChatKey("telegram", "11")
@@ -545,3 +547,95 @@ async def test_a_chat_whose_session_expired_is_told_it_starts_fresh_with_a_summa
     await core.handle(say("and now?", message_id="3"), port)
     assert port.texts[-1] == "echo: and now?"
     assert not any(t.startswith("It's been") for t in port.texts[-2:])
+
+
+async def quiet_chat(core: Dispatcher, manager: SessionManager, port: RecordingPort) -> int:
+    """A chat whose session has been quiet for longer than ``idle_after_s``."""
+    from tests.test_lifecycle import quiet_for
+
+    await core.handle(say("the code word is heron", message_id="1"), port)
+    session = await manager.find_by_chat(DM)
+    assert session is not None
+    await quiet_for(manager, session.id, manager.settings.idle_after_s + 60)
+    return session.id
+
+
+def status_line(manager: SessionManager, session_id: int, state: str, last: datetime) -> str:
+    """The first line /status says: the state, and when the session expires."""
+    expires = last + timedelta(seconds=manager.expire_after_s)
+    return (
+        f"Session #{session_id} ({state}; continues until "
+        f"{expires:%Y-%m-%d %H:%M} UTC unless you write again), model claude-sonnet-4-6"
+    )
+
+
+async def test_status_shows_an_idle_session_and_when_it_expires(
+    core: Dispatcher, manager: SessionManager
+) -> None:
+    port = RecordingPort()
+    sid = await quiet_chat(core, manager, port)
+    # The finalize job's first step: the quiet session is marked idle.
+    idle_after = timedelta(seconds=manager.settings.idle_after_s)
+    assert await manager.store.sessions.mark_idle(utcnow() - idle_after) == [sid]
+    quiet = await manager.get(sid)
+    await core.handle(say("/status"), port)
+    assert port.texts[-1].splitlines()[0] == status_line(
+        manager, sid, "idle", quiet.last_activity_at
+    )
+    assert (await manager.get(sid)).status is SessionStatus.IDLE  # asking is no activity
+
+
+async def test_status_shows_a_finalized_session_and_when_it_expires(
+    core: Dispatcher, manager: SessionManager
+) -> None:
+    port = RecordingPort()
+    sid = await quiet_chat(core, manager, port)
+    # The finalize job: marked idle, the closing summary written, finalized.
+    assert (await manager.finalize_idle())["finalized"] == 1
+    quiet = await manager.get(sid)
+    assert quiet.status is SessionStatus.FINALIZED and quiet.closing_summary
+    await core.handle(say("/status"), port)
+    assert port.texts[-1].splitlines()[0] == status_line(
+        manager, sid, "finalized", quiet.last_activity_at
+    )
+    assert (await manager.get(sid)).status is SessionStatus.FINALIZED
+
+    # Writing again before it expires continues the same session, active again.
+    await core.handle(say("still there?", message_id="2"), port)
+    await core.handle(say("/status"), port)
+    again = await manager.get(sid)
+    assert again.status is SessionStatus.ACTIVE and again.last_activity_at > quiet.last_activity_at
+    assert port.texts[-1].splitlines()[0] == status_line(
+        manager, sid, "active", again.last_activity_at
+    )
+
+
+async def test_status_shows_the_state_the_lifecycle_has_reached_before_the_jobs_store_it(
+    core: Dispatcher, manager: SessionManager
+) -> None:
+    """The jobs store a state a little after it is reached (finalize runs every
+    minute, expire every five, or not at all when jobs are off). /status used to show
+    the stored one: "active" for a session quiet past idle_after_s, and past
+    expire_after_s "active; continues until" a time already gone, though the next
+    message starts a fresh conversation."""
+    from tests.test_lifecycle import quiet_for
+
+    port = RecordingPort()
+    sid = await quiet_chat(core, manager, port)  # quiet past idle_after_s; no job has run
+    assert (await manager.get(sid)).status is SessionStatus.ACTIVE
+    quiet = await manager.get(sid)
+    await core.handle(say("/status"), port)
+    assert port.texts[-1].splitlines()[0] == status_line(
+        manager, sid, "idle", quiet.last_activity_at
+    )
+
+    await quiet_for(manager, sid, manager.expire_after_s + 60)  # past expiry; still no job
+    await core.handle(say("/status"), port)
+    first = port.texts[-1].splitlines()[0]
+    assert first == (
+        f"Session #{sid} (expired; your next message starts a fresh conversation "
+        "that carries a summary of this one), model claude-sonnet-4-6"
+    )
+    assert (await manager.get(sid)).status is SessionStatus.ACTIVE  # /status changed nothing
+    await core.handle(say("hello again", message_id="2"), port)
+    assert port.texts[-2].startswith("It's been a while, so this is a fresh conversation")

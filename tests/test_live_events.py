@@ -1,18 +1,23 @@
 """Live events with a real python-socketio client: authentication, rooms, the events a
-turn causes, transcript lines, and what is published when nobody listens."""
+turn causes, the jobs' runs and the session changes they make, transcript lines, and
+what is published when nobody listens."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import socketio
 
+from conversation.job_runner import JobRunner
+from conversation.job_settings import JobsSettings
+from conversation.scheduler import Scheduler
 from memory.manager import SessionManager
-from memory.types import ChatKey, Role
+from memory.types import ChatKey, Role, SessionStatus
 from tests.operator_surface import TOKEN, Surface, start_surface, stop_surface
 
 
@@ -204,3 +209,68 @@ async def test_a_full_queue_drops_and_counts_and_never_fails_a_write(
         await listener.client.disconnect()
     finally:
         await stop_surface(small)
+
+
+async def test_job_runs_and_each_change_of_a_session_reach_a_subscribed_client(
+    surface: Surface,
+) -> None:
+    """Beyond created and deleted: a reset, the finalize job's idle and finalized, the
+    expire job's expired; and each job run, run by hand over HTTP, as ``job_run``."""
+    manager = surface.manager
+    settings = manager.settings
+    start = datetime.now(UTC)
+    clock = [start]
+    runner = JobRunner(manager, JobsSettings(), now=lambda: clock[0])
+    runner.observers.append(surface.server.job_finished)  # as the application wires it
+    surface.server.jobs = Scheduler(runner)
+    listener = Listener()
+    await listener.connect(surface.url)
+    try:
+        await listener.client.call("subscribe", {"all": True}, timeout=5)
+        await surface.chat("desk", "before the reset")
+        await surface.chat("desk", "/reset")
+        events = await surface.chat("desk", "after the reset")
+        fresh = events[-1][1]["session_id"]
+        first = (await listener.wait_for(1, "session"))[0]["session_id"]
+        assert fresh != first
+
+        clock[0] = start + timedelta(seconds=settings.idle_after_s + 60)
+        status, finalize = await surface.send("POST", "/api/jobs/finalize/run")
+        assert status == 200 and finalize["counts"]["finalized"] == 1
+        [run] = await listener.wait_for(1, "job_run")
+        assert run == {
+            "id": finalize["id"],
+            "job": "finalize",
+            "started_at": clock[0].isoformat(),
+            "finished_at": clock[0].isoformat(),
+            "outcome": "ok",
+            "counts": {"idle": 1, "finalized": 1},
+            "error": None,
+        }
+        idle_at = clock[0]
+
+        clock[0] = start + timedelta(seconds=settings.expire_after_s + 60)
+        status, expire = await surface.send("POST", "/api/jobs/expire/run")
+        assert status == 200 and expire["counts"]["expired"] == 1
+        runs = await listener.wait_for(2, "job_run")
+        assert [(r["id"], r["job"], r["outcome"]) for r in runs] == [
+            (finalize["id"], "finalize", "ok"),
+            (expire["id"], "expire", "ok"),
+        ]
+        sessions = await listener.wait_for(6, "session")
+        assert [(s["session_id"], s["change"]) for s in sessions] == [
+            (first, "created"),
+            (first, "ended"),
+            (fresh, "reset"),
+            (fresh, "idle"),
+            (fresh, "finalized"),
+            (fresh, "expired"),
+        ]
+        assert [s["at"] for s in sessions[3:]] == [
+            idle_at.isoformat(),
+            idle_at.isoformat(),
+            clock[0].isoformat(),
+        ]
+        assert (await manager.get(fresh)).status is SessionStatus.EXPIRED
+    finally:
+        await listener.client.disconnect()

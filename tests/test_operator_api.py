@@ -387,3 +387,41 @@ async def test_a_choice_offered_in_an_api_chat_is_pressed_over_http(surface: Sur
         assert (await response.json())["text"] == "This request is no longer waiting for an answer."
     async with surface.http.post(url, json={"user_id": "u1"}, headers=AUTH) as response:
         assert response.status == 400 and "data" in (await response.json())["error"]
+
+
+async def test_metrics_count_sessions_in_every_state(surface: Surface) -> None:
+    """The gauges are read from the database when scraped: each state the lifecycle
+    moves a session to, by the jobs on their moved clock, by /reset."""
+    manager = surface.manager
+    start = datetime.now(UTC)
+    clock = [start]
+    runner = JobRunner(manager, JobsSettings(), now=lambda: clock[0])
+    await surface.chat("to-expire", "hello")
+    clock[0] = start + timedelta(seconds=manager.settings.expire_after_s + 60)
+    assert (await runner.run_now("expire")).counts["expired"] == 1
+    await surface.chat("to-finalize", "hello")
+    clock[0] = datetime.now(UTC) + timedelta(seconds=manager.settings.idle_after_s + 60)
+    assert (await runner.run_now("finalize")).counts["finalized"] == 1
+    await surface.chat("to-idle", "hello")
+    # The finalize job's first step alone (as a run cut short at shutdown leaves it).
+    assert (
+        len(await manager.store.sessions.mark_idle(datetime.now(UTC) + timedelta(seconds=1))) == 1
+    )
+    await surface.chat("active", "hello")
+    await surface.chat("to-reset", "hello")
+    await surface.chat("to-reset", "/reset")  # one ended, a fresh one active
+    status, raw = await surface.get("/metrics")
+    assert status == 200
+    found = dict(re.findall(r'^palaver_sessions\{status="(\w+)"\} (\S+)$', raw.decode(), re.M))
+    assert found == {
+        "active": "2.0",
+        "idle": "1.0",
+        "finalized": "1.0",
+        "expired": "1.0",
+        "ended": "1.0",
+    }
+    active = await manager.find_by_chat(ChatKey("api", "active"))
+    assert active is not None
+    await manager.delete_session(active.id)
+    status, raw = await surface.get("/metrics")
+    assert 'palaver_sessions{status="active"} 1.0' in raw.decode()
