@@ -6,7 +6,8 @@ Text is cut at Discord's 2,000 characters between paragraphs or lines
 language. Mentions in the model's text never ping anyone (the client's
 ``allowed_mentions``). Discord's answers map onto the port's failures: a DM to a user
 whose DMs are closed, or a channel the bot may not write to, is ``Unreachable``
-(discord.py itself waits out 429s).
+(discord.py itself waits out 429s); Discord out of reach is ``Transient``. Each says
+how many parts of the text were shown before it (``sent_parts``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ import aiohttp
 import discord
 
 from bots.chunking import DISCORD_LIMIT, split_markdown, unclosed_fence
-from conversation.outbound import Outbound, OutboundFile, ReplyStream, Unreachable
+from conversation.outbound import (
+    DeliveryError,
+    Outbound,
+    OutboundFile,
+    ReplyStream,
+    Transient,
+    Unreachable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +44,20 @@ DELIVERY_ERRORS = (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutE
 
 Sent = discord.Message | discord.WebhookMessage
 Interaction = discord.Interaction[discord.Client]
+
+
+def delivery_error(error: BaseException) -> DeliveryError:
+    """Discord's refusal, or Discord out of reach, as the port's failure."""
+    if isinstance(error, DeliveryError):
+        return error
+    if isinstance(error, discord.Forbidden):
+        return Unreachable(str(error))
+    return Transient(repr(error))
+
+
+def parts(text: str) -> list[str]:
+    """The messages ``text`` goes out in: the same for ``send`` and a stream's end."""
+    return _close_fence(split_markdown(text, DISCORD_LIMIT)) or ["…"]
 
 
 @contextlib.asynccontextmanager
@@ -116,10 +138,13 @@ class _Port(ABC):
     ) -> Sent:
         """Post one message (of at most 2,000 characters) where this port writes."""
 
-    async def send(self, text: str, *, markdown: bool = False) -> None:
-        async with delivery_errors():
-            for chunk in split_markdown(text, DISCORD_LIMIT) or ["…"]:
-                await self._post(chunk)
+    async def send(self, text: str, *, markdown: bool = False, skip: int = 0) -> None:
+        chunks = parts(text)
+        for index in range(skip, len(chunks)):
+            try:
+                await self._post(chunks[index])
+            except (DeliveryError, *DELIVERY_ERRORS) as error:
+                raise delivery_error(error).shown(index) from error
 
     async def send_file(self, file: OutboundFile, caption: str) -> None:
         chunks = split_markdown(caption, DISCORD_LIMIT) or [file.name]
@@ -264,8 +289,14 @@ class DiscordStream:
         if self._flusher is not None:
             await self._flusher
         self._stop_typing()
-        async with delivery_errors():
+        try:
             await self._render(text)
+        except (DeliveryError, *DELIVERY_ERRORS) as error:
+            final = parts(text)
+            shown = 0
+            while shown < min(len(final), len(self._shown)) and self._shown[shown] == final[shown]:
+                shown += 1
+            raise delivery_error(error).shown(shown) from error
 
     async def close(self) -> None:
         self._finished.set()
@@ -298,7 +329,11 @@ class DiscordStream:
             log.warning("discord: streaming edit failed: %r", error)
 
     async def _render(self, text: str) -> None:
-        chunks = _close_fence(split_markdown(text, DISCORD_LIMIT))
+        chunks = (
+            parts(text)
+            if self._finished.is_set()
+            else _close_fence(split_markdown(text, DISCORD_LIMIT))
+        )
         for index, chunk in enumerate(chunks):
             if index < len(self._sent):
                 if self._shown[index] != chunk:

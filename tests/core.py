@@ -116,9 +116,11 @@ class RecordingPort:
     delivered: asyncio.Event = field(default_factory=asyncio.Event)
     offers: list[tuple[str, list[tuple[str, str]]]] = field(default_factory=list)
 
-    async def send(self, text: str, *, markdown: bool = False) -> None:
+    async def send(self, text: str, *, markdown: bool = False, skip: int = 0) -> None:
         if self.fail_with is not None:
             raise self.fail_with
+        if skip:  # one part, shown already
+            return
         self.sent.append(Sent(text, markdown))
         self.delivered.set()
 
