@@ -5,9 +5,12 @@ Text is cut at Discord's 2,000 characters between paragraphs or lines
 (bots.chunking); a code block that has to be cut is closed and reopened with its
 language. Mentions in the model's text never ping anyone (the client's
 ``allowed_mentions``). Discord's answers map onto the port's failures: a DM to a user
-whose DMs are closed, or a channel the bot may not write to, is ``Unreachable``
-(discord.py itself waits out 429s); Discord out of reach is ``Transient``. Each says
-how many parts of the text were shown before it (``sent_parts``).
+whose DMs are closed, a channel the bot may not write to, or one that is gone, is
+``Unreachable``; any other 4xx refuses the message for good (``Rejected``); a wait
+longer than discord.py's ``max_ratelimit_timeout`` is ``RetryLater`` (shorter 429s
+discord.py waits out itself); Discord out of reach (5xx, network errors, timeouts) is
+``Transient``. Each says how many parts of the text were shown before it
+(``sent_parts``).
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ from conversation.outbound import (
     DeliveryError,
     Outbound,
     OutboundFile,
+    Rejected,
     ReplyStream,
+    RetryLater,
     Transient,
     Unreachable,
 )
@@ -40,7 +45,13 @@ UPLOAD_LIMIT = 10 * 1024 * 1024  # what Discord accepts from a bot in a server w
 # and each indicator is a REST call.
 TYPING_AFTER_S = 0.3
 # What a REST call to Discord can fail with (an error answer, or Discord out of reach).
-DELIVERY_ERRORS = (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError)
+DELIVERY_ERRORS = (
+    discord.HTTPException,
+    discord.RateLimited,
+    aiohttp.ClientError,
+    OSError,
+    TimeoutError,
+)
 
 Sent = discord.Message | discord.WebhookMessage
 Interaction = discord.Interaction[discord.Client]
@@ -50,8 +61,12 @@ def delivery_error(error: BaseException) -> DeliveryError:
     """Discord's refusal, or Discord out of reach, as the port's failure."""
     if isinstance(error, DeliveryError):
         return error
-    if isinstance(error, discord.Forbidden):
+    if isinstance(error, discord.Forbidden | discord.NotFound):
         return Unreachable(str(error))
+    if isinstance(error, discord.RateLimited):
+        return RetryLater(error.retry_after)
+    if isinstance(error, discord.HTTPException) and 400 <= error.status < 500:
+        return Rejected(str(error))
     return Transient(repr(error))
 
 

@@ -89,12 +89,9 @@ def _shown(error: BaseException) -> int:
 class Outbox:
     """The replies owed to chats, and their delivery (see the module docstring)."""
 
-    def __init__(
-        self, manager: SessionManager, window_s: float, *, first_retry_s: float = FIRST_RETRY_S
-    ) -> None:
+    def __init__(self, manager: SessionManager, window_s: float) -> None:
         self._manager = manager
         self._window_s = window_s  # how far back what is owed is still delivered
-        self._first_retry_s = first_retry_s
         self._queues: dict[ChatKey, deque[_Parcel]] = {}
         self._flushers: dict[ChatKey, asyncio.Task[None]] = {}
         self._unreachable: set[str] = set()  # chat refs with failed replies
@@ -124,7 +121,7 @@ class Outbox:
                 await self._rejected(key, parcel, error)
             else:
                 log.warning("delivery to %s failed (%r); retrying", key.ref, error)
-                self._enqueue(key, parcel, self._first_retry_s)
+                self._enqueue(key, parcel, FIRST_RETRY_S)
         else:
             await self._settle(reply)
 
@@ -181,7 +178,7 @@ class Outbox:
 
     async def _flush(self, key: ChatKey, after: float) -> None:
         queue = self._queues[key]
-        retry = self._first_retry_s
+        retry = FIRST_RETRY_S
         try:
             while queue:
                 if after > 0:
@@ -216,7 +213,7 @@ class Outbox:
                     log.warning("delivery to %s failed again (%r)", key.ref, error)
                     after, retry = retry, min(retry * 2, MAX_RETRY_S)
                     continue
-                retry = self._first_retry_s
+                retry = FIRST_RETRY_S
                 queue.popleft()
                 await self._settle(parcel.reply)
         finally:

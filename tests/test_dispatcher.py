@@ -10,14 +10,17 @@ import asyncio
 import gzip
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import conversation.delivery as delivery
 from agents.base import AgentEvent, AgentReply, AgentRequest, TextDelta
 from agents.offline import OfflineAgent
 from conversation.access import AccessPolicy, Actor
+from conversation.delivery import Outbox
 from conversation.dispatcher import Dispatcher
 from conversation.inbound import Attachment, Inbound
 from conversation.registry import parse_command
@@ -442,6 +445,22 @@ async def test_an_unreachable_chat_gets_what_it_missed_when_it_writes_again(
         ["echo: unblocked you", "I couldn't deliver this answer earlier:\n\necho: are you there?"]
     )
     assert await manager.owed(core.outbox.since()) == []
+
+
+async def test_a_reply_that_keeps_failing_is_given_up_past_the_outbox_window(
+    manager: SessionManager, agent: Echo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any fault other than a wait or an unreachable chat used to be retried forever."""
+    monkeypatch.setattr(delivery, "FIRST_RETRY_S", 0.1)
+    core = make_dispatcher(manager, agent, access=ACCESS, exports=tmp_path)
+    core.outbox = Outbox(manager, 0.3)
+    down = RecordingPort(fail_with=ConnectionError("the platform is down"))
+    await core.handle(say("anyone?", message_id="1"), down)
+    async with asyncio.timeout(10):
+        await core.outbox.idle()
+    assert down.sent == []
+    [failed] = await manager.owed(datetime.now(UTC) - timedelta(hours=1))
+    assert (failed.text, failed.delivery) == ("echo: anyone?", Delivery.FAILED)
 
 
 async def test_during_shutdown_a_message_is_kept_and_answered_after_the_restart(

@@ -25,10 +25,11 @@ from agents.settings import ClaudeSettings
 from bots.app import Palaver
 from bots.config import Config, PalaverSettings, Secrets, TelegramSettings
 from bots.telegram_bot import TelegramBot
+from conversation.delivery import REFUSED
 from conversation.settings import AccessSettings, AgentSettings, RateLimitSettings
 from memory.errors import PalaverError
 from memory.settings import DatabaseSettings
-from memory.types import ChatKey, Role
+from memory.types import ChatKey, Delivery, Role
 from run import serve
 from tests.fakes.anthropic_api import FakeAnthropic
 from tests.fakes.telegram_api import JSON, FakeTelegram, parse_html, utf16_len
@@ -503,6 +504,25 @@ async def test_a_long_reply_held_up_at_its_second_part_resumes_there_after_a_res
     finally:
         await again.close_interfaces([interface], 2.0)
         await again.stop()
+
+
+async def test_a_reply_telegram_refuses_for_good_is_marked_failed_and_said_once(
+    tmp_path: Path, sqlite_url: str, tg: FakeTelegram, claude: FakeAnthropic
+) -> None:
+    """A 400 Bad Request used to be retried forever, every 300 s at most."""
+    options = {"stream_replies": False}
+    async with running(tmp_path, sqlite_url, tg, claude, telegram=options) as b:
+        tg.refuse("sendMessage", times=1)
+        tg.user_message(ANN, "refuse this")
+        await tg.wait_for(lambda: len(tg.errors) == 1)
+        async with asyncio.timeout(5):
+            await b.app.dispatcher.outbox.idle()
+        await tg.wait_for_message(ANN, text=REFUSED)
+        await settle(tg)
+        assert texts(tg, ANN) == [REFUSED]
+        assert len(tg.errors) == 1, "refused once, not retried"
+        [failed] = await b.app.manager.owed(b.app.dispatcher.outbox.since())
+        assert (failed.text, failed.delivery) == ("Echo: refuse this", Delivery.FAILED)
 
 
 async def test_a_reply_still_owed_at_shutdown_is_delivered_after_the_restart(
