@@ -463,6 +463,39 @@ async def test_a_reply_that_keeps_failing_is_given_up_past_the_outbox_window(
     assert (failed.text, failed.delivery) == ("echo: anyone?", Delivery.FAILED)
 
 
+@pytest.mark.parametrize(
+    "failure",
+    [RetryLater(600), Unreachable("the bot was blocked"), ConnectionError("reset")],
+    ids=["retry-later", "unreachable", "network"],
+)
+async def test_a_notice_that_fails_costs_neither_the_question_nor_the_reply(
+    core: Dispatcher, manager: SessionManager, agent: Echo, failure: Exception
+) -> None:
+    """A failing "fresh conversation" notice used to end the handler before the reply
+    was handed to the outbox (it stayed pending until a restart); a failing note about
+    unreadable files ended it before the question was even stored."""
+    from tests.test_lifecycle import quiet_for
+
+    port = RecordingPort()
+    await core.handle(say("my dog is called Biscuit", message_id="1"), port)
+    old = await manager.find_by_chat(DM)
+    assert old is not None
+    await quiet_for(manager, old.id, manager.expire_after_s + 60)
+    port.fail_plain = failure
+    await core.handle(say("hello again", message_id="2"), port)
+    assert port.texts[-1] == "echo: hello again"
+
+    photo = Attachment("a photo", "photo")
+    await core.handle(say("look at this", message_id="3", attachments=(photo,)), port)
+    assert port.texts[-1] == "echo: look at this"
+    assert (await history(manager, DM))[-2:] == [
+        (Role.USER, "look at this"),
+        (Role.ASSISTANT, "echo: look at this"),
+    ]
+    await core.outbox.idle()
+    assert await manager.owed(core.outbox.since()) == []
+
+
 async def test_during_shutdown_a_message_is_kept_and_answered_after_the_restart(
     manager: SessionManager, tmp_path: Path, agent: Echo
 ) -> None:
