@@ -62,7 +62,7 @@ class NullPort:
 
     upload_limit = 1 << 30
 
-    async def send(self, text: str, *, markdown: bool = False) -> None:
+    async def send(self, text: str, *, markdown: bool = False, skip: int = 0) -> None:
         return None
 
     async def send_file(self, file: OutboundFile, caption: str) -> None:

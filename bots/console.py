@@ -133,7 +133,9 @@ class ConsolePort:
         self._asking: set[asyncio.Task[None]] = set()
         self._live: _LiveStream | None = None
 
-    async def send(self, text: str, *, markdown: bool = False) -> None:
+    async def send(self, text: str, *, markdown: bool = False, skip: int = 0) -> None:
+        if skip:  # one part, shown already
+            return
         if self._rich is not None and markdown:
             self._rich.print(Markdown(text))
         elif self._rich is not None:

@@ -5,8 +5,12 @@ Text is cut at Discord's 2,000 characters between paragraphs or lines
 (bots.chunking); a code block that has to be cut is closed and reopened with its
 language. Mentions in the model's text never ping anyone (the client's
 ``allowed_mentions``). Discord's answers map onto the port's failures: a DM to a user
-whose DMs are closed, or a channel the bot may not write to, is ``Unreachable``
-(discord.py itself waits out 429s).
+whose DMs are closed, a channel the bot may not write to, or one that is gone, is
+``Unreachable``; any other 4xx refuses the message for good (``Rejected``); a wait
+longer than discord.py's ``max_ratelimit_timeout`` is ``RetryLater`` (shorter 429s
+discord.py waits out itself); Discord out of reach (5xx, network errors, timeouts) is
+``Transient``. Each says how many parts of the text were shown before it
+(``sent_parts``).
 """
 
 from __future__ import annotations
@@ -23,7 +27,16 @@ import aiohttp
 import discord
 
 from bots.chunking import DISCORD_LIMIT, split_markdown, unclosed_fence
-from conversation.outbound import Outbound, OutboundFile, ReplyStream, Unreachable
+from conversation.outbound import (
+    DeliveryError,
+    Outbound,
+    OutboundFile,
+    Rejected,
+    ReplyStream,
+    RetryLater,
+    Transient,
+    Unreachable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +45,34 @@ UPLOAD_LIMIT = 10 * 1024 * 1024  # what Discord accepts from a bot in a server w
 # and each indicator is a REST call.
 TYPING_AFTER_S = 0.3
 # What a REST call to Discord can fail with (an error answer, or Discord out of reach).
-DELIVERY_ERRORS = (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError)
+DELIVERY_ERRORS = (
+    discord.HTTPException,
+    discord.RateLimited,
+    aiohttp.ClientError,
+    OSError,
+    TimeoutError,
+)
 
 Sent = discord.Message | discord.WebhookMessage
 Interaction = discord.Interaction[discord.Client]
+
+
+def delivery_error(error: BaseException) -> DeliveryError:
+    """Discord's refusal, or Discord out of reach, as the port's failure."""
+    if isinstance(error, DeliveryError):
+        return error
+    if isinstance(error, discord.Forbidden | discord.NotFound):
+        return Unreachable(str(error))
+    if isinstance(error, discord.RateLimited):
+        return RetryLater(error.retry_after)
+    if isinstance(error, discord.HTTPException) and 400 <= error.status < 500:
+        return Rejected(str(error))
+    return Transient(repr(error))
+
+
+def parts(text: str) -> list[str]:
+    """The messages ``text`` goes out in: the same for ``send`` and a stream's end."""
+    return _close_fence(split_markdown(text, DISCORD_LIMIT)) or ["…"]
 
 
 @contextlib.asynccontextmanager
@@ -116,10 +153,13 @@ class _Port(ABC):
     ) -> Sent:
         """Post one message (of at most 2,000 characters) where this port writes."""
 
-    async def send(self, text: str, *, markdown: bool = False) -> None:
-        async with delivery_errors():
-            for chunk in split_markdown(text, DISCORD_LIMIT) or ["…"]:
-                await self._post(chunk)
+    async def send(self, text: str, *, markdown: bool = False, skip: int = 0) -> None:
+        chunks = parts(text)
+        for index in range(skip, len(chunks)):
+            try:
+                await self._post(chunks[index])
+            except (DeliveryError, *DELIVERY_ERRORS) as error:
+                raise delivery_error(error).shown(index) from error
 
     async def send_file(self, file: OutboundFile, caption: str) -> None:
         chunks = split_markdown(caption, DISCORD_LIMIT) or [file.name]
@@ -264,8 +304,14 @@ class DiscordStream:
         if self._flusher is not None:
             await self._flusher
         self._stop_typing()
-        async with delivery_errors():
+        try:
             await self._render(text)
+        except (DeliveryError, *DELIVERY_ERRORS) as error:
+            final = parts(text)
+            shown = 0
+            while shown < min(len(final), len(self._shown)) and self._shown[shown] == final[shown]:
+                shown += 1
+            raise delivery_error(error).shown(shown) from error
 
     async def close(self) -> None:
         self._finished.set()
@@ -298,7 +344,11 @@ class DiscordStream:
             log.warning("discord: streaming edit failed: %r", error)
 
     async def _render(self, text: str) -> None:
-        chunks = _close_fence(split_markdown(text, DISCORD_LIMIT))
+        chunks = (
+            parts(text)
+            if self._finished.is_set()
+            else _close_fence(split_markdown(text, DISCORD_LIMIT))
+        )
         for index, chunk in enumerate(chunks):
             if index < len(self._sent):
                 if self._shown[index] != chunk:

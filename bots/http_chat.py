@@ -123,7 +123,9 @@ class SsePort:
     def close(self) -> None:
         self._closed = True
 
-    async def send(self, text: str, *, markdown: bool = False) -> None:
+    async def send(self, text: str, *, markdown: bool = False, skip: int = 0) -> None:
+        if skip:  # one part, shown already
+            return
         await self.write("message", {"text": text, "markdown": markdown})
 
     async def send_file(self, file: OutboundFile, caption: str) -> None:
@@ -196,7 +198,7 @@ class DetachedPort:
 
     upload_limit = UPLOAD_LIMIT
 
-    async def send(self, text: str, *, markdown: bool = False) -> None:
+    async def send(self, text: str, *, markdown: bool = False, skip: int = 0) -> None:
         raise Unreachable(DETACHED)
 
     async def send_file(self, file: OutboundFile, caption: str) -> None:

@@ -5,7 +5,10 @@ UTF-16 units between paragraphs (``chunking``); a part Telegram rejects goes as
 plain text. In groups the first part replies to the question, and every part goes to
 the question's forum topic. Telegram's answers map onto the port's failures: a flood
 wait longer than the flood control waits out is ``RetryLater``; a blocked bot, a
-chat the bot was removed from, or a private chat never started is ``Unreachable``.
+chat the bot was removed from, or a private chat never started is ``Unreachable``;
+any other 400 Bad Request is ``Rejected`` (sending it again would be refused again);
+Telegram out of reach (network errors, 5xx, timeouts) is ``Transient``. Each says how
+many parts of the text were shown before it (``sent_parts``).
 """
 
 from __future__ import annotations
@@ -18,12 +21,21 @@ from typing import TYPE_CHECKING
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, ReplyParameters
 from telegram.constants import ParseMode
-from telegram.error import BadRequest, Forbidden, RetryAfter
+from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
 
 from bots.chunking import TELEGRAM_LIMIT, split_markdown, utf16_len
 from bots.telegram_flood import retry_seconds
 from bots.telegram_format import markdown_to_html
-from conversation.outbound import Outbound, OutboundFile, ReplyStream, RetryLater, Unreachable
+from conversation.outbound import (
+    DeliveryError,
+    Outbound,
+    OutboundFile,
+    Rejected,
+    ReplyStream,
+    RetryLater,
+    Transient,
+    Unreachable,
+)
 
 if TYPE_CHECKING:
     from bots.telegram_bot import TelegramBot
@@ -51,19 +63,30 @@ class Target:
         return ReplyParameters(self.reply_to, allow_sending_without_reply=True)
 
 
+def delivery_error(error: TelegramError) -> DeliveryError:
+    """Telegram's refusal as the port's failure (see the module docstring)."""
+    if isinstance(error, RetryAfter):
+        return RetryLater(retry_seconds(error))
+    if isinstance(error, Forbidden):
+        return Unreachable(str(error))
+    if isinstance(error, BadRequest):
+        if any(reason in str(error).lower() for reason in _UNREACHABLE):
+            return Unreachable(str(error))
+        return Rejected(str(error))
+    return Transient(repr(error))
+
+
 @contextlib.asynccontextmanager
 async def delivery_errors() -> AsyncIterator[None]:
-    """Telegram's refusals as the port's failures."""
+    """Waits and unreachable chats as the port's failures (files, offers: any other
+    refusal goes up as it is, for the caller to say the upload failed)."""
     try:
         yield
-    except RetryAfter as error:
-        raise RetryLater(retry_seconds(error)) from error
-    except Forbidden as error:
-        raise Unreachable(str(error)) from error
-    except BadRequest as error:
-        if any(reason in str(error).lower() for reason in _UNREACHABLE):
-            raise Unreachable(str(error)) from error
-        raise
+    except (RetryAfter, Forbidden, BadRequest) as error:
+        failure = delivery_error(error)
+        if isinstance(failure, Rejected):
+            raise
+        raise failure from error
 
 
 class TelegramPort:
@@ -75,32 +98,38 @@ class TelegramPort:
         self.owner = bot
         self.target = target
 
-    async def send(self, text: str, *, markdown: bool = False) -> None:
+    async def send(self, text: str, *, markdown: bool = False, skip: int = 0) -> None:
+        chunks = split_markdown(text, TELEGRAM_LIMIT, utf16_len)
+        for index in range(skip, len(chunks)):
+            try:
+                await self._send_part(chunks[index], markdown, first=index == 0)
+            except TelegramError as error:
+                raise delivery_error(error).shown(index) from error
+
+    async def _send_part(self, chunk: str, markdown: bool, *, first: bool) -> None:
         target = self.target
         bot = self.owner.bot
-        async with delivery_errors():
-            for index, chunk in enumerate(split_markdown(text, TELEGRAM_LIMIT, utf16_len)):
-                reply = target.reply_parameters() if index == 0 else None
-                if markdown:
-                    try:
-                        await bot.send_message(
-                            target.chat_id,
-                            markdown_to_html(chunk),
-                            parse_mode=ParseMode.HTML,
-                            message_thread_id=target.thread_id,
-                            reply_parameters=reply,
-                        )
-                        continue
-                    except BadRequest as error:
-                        if "parse entities" not in str(error).lower():
-                            raise
-                        log.info("telegram: formatting rejected (%s); sending plain text", error)
+        reply = target.reply_parameters() if first else None
+        if markdown:
+            try:
                 await bot.send_message(
                     target.chat_id,
-                    chunk,
+                    markdown_to_html(chunk),
+                    parse_mode=ParseMode.HTML,
                     message_thread_id=target.thread_id,
                     reply_parameters=reply,
                 )
+                return
+            except BadRequest as error:
+                if "parse entities" not in str(error).lower():
+                    raise
+                log.info("telegram: formatting rejected (%s); sending plain text", error)
+        await bot.send_message(
+            target.chat_id,
+            chunk,
+            message_thread_id=target.thread_id,
+            reply_parameters=reply,
+        )
 
     async def send_file(self, file: OutboundFile, caption: str) -> None:
         target = self.target

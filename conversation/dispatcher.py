@@ -8,6 +8,12 @@
 Interfaces translate their events into ``Inbound`` values and implement the port;
 everything here is decided once for all of them, so the bot behaves the same on
 Telegram, Discord, the console and the HTTP API.
+
+Notices (how a stranger gets in, the rate limit, restarting, a fresh conversation,
+unreadable files, an error) are best effort: one that cannot be sent (the platform
+asks to wait, the chat is unreachable, the network fails) is logged and costs
+nothing else: the question is still stored and answered, the reply still delivered
+(or kept owed by the outbox).
 """
 
 from __future__ import annotations
@@ -227,7 +233,7 @@ class Dispatcher:
             owed = addressed and inbound.message_id is not None and command is None
             await self._observe(inbound, owed=owed)
             if addressed:
-                await port.send(RESTARTING if owed else RESTARTING_RESEND)
+                await self._say(port, inbound, RESTARTING if owed else RESTARTING_RESEND)
             return
         await self.outbox.reachable(inbound.key, port)
         if addressed and not self.access.is_operator(actor):
@@ -256,7 +262,16 @@ class Dispatcher:
         """A notice that no input may make the bot repeat: once per ``key`` and window
         (always, though, where the platform waits for an answer)."""
         if self.notices.take(key, window) or inbound.needs_answer:
+            await self._say(port, inbound, text)
+
+    async def _say(self, port: Outbound, inbound: Inbound, text: str) -> None:
+        """A notice, best effort (see the module docstring)."""
+        try:
             await port.send(text)
+        except DeliveryError as error:
+            log.info("a notice to %s could not be sent: %r", inbound.key.ref, error)
+        except Exception as error:
+            log.warning("a notice to %s failed: %r", inbound.key.ref, error)
 
     # -- commands ------------------------------------------------------------------
 
@@ -353,7 +368,7 @@ class Dispatcher:
             if not text.strip() and read.refused:
                 return
         if not text.strip():
-            await port.send(BARE_MENTION)
+            await self._say(port, inbound, BARE_MENTION)
             return
         stream = port.stream()
         shown = ""
@@ -388,18 +403,18 @@ class Dispatcher:
         """What each outcome of a turn says."""
         outcome = result.outcome
         if result.fresh:
-            await port.send(FRESH_START)
+            await self._say(port, inbound, FRESH_START)
         if outcome is Outcome.REPLIED and result.reply is not None:
             await self.outbox.deliver(inbound.key, result.reply, port, stream.finish)
         elif outcome is Outcome.REPLIED:
             await stream.finish(result.text)
         elif outcome in (Outcome.DUPLICATE, Outcome.STORED):
             if inbound.needs_answer:
-                await port.send(ALREADY_ANSWERED)
+                await self._say(port, inbound, ALREADY_ANSWERED)
         elif outcome is Outcome.FAILED and shown.strip():
             await stream.finish(f"{shown}\n\n{result.text}")  # keep what was already shown
         elif result.text.strip():
-            await port.send(result.text)
+            await self._say(port, inbound, result.text)
 
 
 def _delete(files: Sequence[OutboundFile]) -> None:

@@ -13,8 +13,16 @@ Failures a port reports, so that the core can keep a reply instead of losing it:
   itself); the text was not shown, or not all of it.
 - ``Unreachable``: the chat cannot be written to (the bot was blocked or removed, the
   user's DMs are closed). Retrying will not help until the user writes again.
+- ``Rejected``: the platform refused this message for good (a 400 Bad Request other
+  than a formatting error the port falls back from). Retrying the same text will not
+  help.
+- ``Transient``: a fault that may pass (the platform out of reach, a 5xx, a timeout).
 
-Any other exception is a transient fault (the platform out of reach).
+A text goes out in parts (the platform's length limit). Every ``DeliveryError``
+carries ``sent_parts``: how many of the text's parts the chat has all the same, so
+that a later attempt passes ``skip=sent_parts`` and the chat gets each part once.
+A port splits the same text the same way every time, so the count stays true across
+attempts and restarts. Any other exception is treated as transient, none shown.
 """
 
 from __future__ import annotations
@@ -28,7 +36,15 @@ from memory.types import ChatKey
 
 
 class DeliveryError(Exception):
-    """A port could not deliver; see the subclasses."""
+    """A port could not deliver; see the subclasses. ``sent_parts``: how many parts of
+    the text were shown before the failure (counted from the text's first part)."""
+
+    sent_parts: int = 0
+
+    def shown(self, parts: int) -> DeliveryError:
+        """This error, saying that ``parts`` parts were shown; for ``raise``."""
+        self.sent_parts = parts
+        return self
 
 
 class RetryLater(DeliveryError):
@@ -39,6 +55,14 @@ class RetryLater(DeliveryError):
 
 class Unreachable(DeliveryError):
     """The chat cannot be written to until its user writes again."""
+
+
+class Rejected(DeliveryError):
+    """The platform refused this message for good: sending it again will not help."""
+
+
+class Transient(DeliveryError):
+    """A fault that may pass (the platform out of reach); the cause is chained."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +81,10 @@ class OutboundFile:
 class ReplyStream(Protocol):
     """A reply while the model writes it. "typing..." shows from the moment the stream
     is opened until text appears; ``update`` is best effort (throttled, skipped under
-    flood control, never raises); ``finish`` shows the final text for good and raises
-    the port's delivery errors; ``close`` ends the stream, removing any preview when
-    ``finish`` never succeeded."""
+    flood control, never raises); ``finish`` shows the final text for good, in the parts
+    ``Outbound.send(text, markdown=True)`` would send, and raises the port's delivery
+    errors (their ``sent_parts`` counting those parts); ``close`` ends the stream,
+    removing any preview when ``finish`` never succeeded."""
 
     async def update(self, text: str) -> None: ...
 
@@ -76,9 +101,10 @@ class Outbound(Protocol):
         """The largest file, in bytes, this platform accepts from a bot."""
         ...
 
-    async def send(self, text: str, *, markdown: bool = False) -> None:
+    async def send(self, text: str, *, markdown: bool = False, skip: int = 0) -> None:
         """Send ``text`` (Claude's Markdown when ``markdown``, else plain), in as many
-        messages as the platform's limit needs."""
+        messages as the platform's limit needs, leaving out the first ``skip`` of them
+        (those an earlier attempt showed: its ``DeliveryError.sent_parts``)."""
         ...
 
     async def send_file(self, file: OutboundFile, caption: str) -> None: ...

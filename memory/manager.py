@@ -387,11 +387,19 @@ class SessionManager(OperatorView, JobsView):
     async def settle(self, message: StoredMessage) -> None:
         """Nothing more is owed for ``message``: a reply was delivered, or a question
         was answered otherwise (an error, a refusal the user was told)."""
-        await self._writer.mark((None, message.session_id, message.seq))
+        await self._writer.mark((None, None, message.session_id, message.seq))
 
-    async def undeliverable(self, message: StoredMessage) -> None:
-        """The chat could not take this reply; it is kept, marked, for when it can."""
-        await self._writer.mark((Delivery.FAILED.value, message.session_id, message.seq))
+    async def undeliverable(self, message: StoredMessage, parts: int = 0) -> None:
+        """The chat could not take this reply (all but its first ``parts`` platform
+        messages); it is kept, marked, for when it can."""
+        mark = (Delivery.FAILED.value, parts or None, message.session_id, message.seq)
+        await self._writer.mark(mark)
+
+    async def partly_delivered(self, message: StoredMessage, parts: int) -> None:
+        """The chat has the first ``parts`` platform messages of this reply, which is
+        still owed as it was: delivery resumes after them, after a restart too."""
+        delivery = message.delivery.value if message.delivery else None
+        await self._writer.mark((delivery, parts or None, message.session_id, message.seq))
 
     async def owed(self, since: datetime, *, chat: ChatKey | None = None) -> list[StoredMessage]:
         """Questions not answered and replies not delivered, newer than ``since``,

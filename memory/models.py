@@ -156,6 +156,8 @@ class MessageRow(Base):
     # What is still owed: "awaiting" (a question not yet answered), "pending" (a reply
     # not yet delivered), "failed" (a reply the chat could not take); else NULL.
     delivery: Mapped[str | None] = mapped_column(String(10))
+    # Of a reply still owed: how many of its platform messages the chat already has.
+    delivered_parts: Mapped[int | None] = mapped_column(Integer)
 
 
 class SummaryRow(Base):

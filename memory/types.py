@@ -133,6 +133,7 @@ class StoredMessage:
     duplicate: bool = False  # True when the platform id had been stored before
     chat_ref: str | None = None  # the chat it came from, or that a reply goes to
     delivery: Delivery | None = None
+    delivered_parts: int = 0  # of a reply still owed: the parts its chat already has
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,7 +73,7 @@ class MessageWriter:
                 items = [item for item, _ in batch]
                 marks = [mark for mark, _ in marking]
                 # A reply settles the question it answers, in the same transaction.
-                marks += [(None, i.session_id, i.settles) for i in items if i.settles]
+                marks += [(None, None, i.session_id, i.settles) for i in items if i.settles]
                 waiting: list[asyncio.Future[Any]] = [f for _, f in batch]
                 waiting += (f for _, f in marking)
                 try:

@@ -104,7 +104,8 @@ class RecordingStream:
 
 @dataclass
 class RecordingPort:
-    """An in-memory outbound port; ``fail_with`` makes its deliveries fail."""
+    """An in-memory outbound port; ``fail_with`` makes its deliveries fail, and
+    ``fail_plain`` its plain texts only (the core's notices)."""
 
     upload_limit: int = 1 << 30
     is_private: bool = True
@@ -112,13 +113,19 @@ class RecordingPort:
     streams: list[RecordingStream] = field(default_factory=list)
     direct: RecordingPort | None = None  # the asker's private port, if any
     fail_with: Exception | None = None
+    # Plain texts (the core's notices) fail with this; model replies (Markdown) still go.
+    fail_plain: Exception | None = None
     fail_uploads: Exception | None = None
     delivered: asyncio.Event = field(default_factory=asyncio.Event)
     offers: list[tuple[str, list[tuple[str, str]]]] = field(default_factory=list)
 
-    async def send(self, text: str, *, markdown: bool = False) -> None:
+    async def send(self, text: str, *, markdown: bool = False, skip: int = 0) -> None:
         if self.fail_with is not None:
             raise self.fail_with
+        if self.fail_plain is not None and not markdown:
+            raise self.fail_plain
+        if skip:  # one part, shown already
+            return
         self.sent.append(Sent(text, markdown))
         self.delivered.set()
 

@@ -37,7 +37,7 @@ from conversation.settings import AccessSettings
 from memory.errors import PalaverError
 from memory.manager import SessionManager
 from memory.settings import DatabaseSettings
-from memory.types import ChatKey, Role, StoredMessage
+from memory.types import ChatKey, Delivery, Role, StoredMessage
 from run import serve
 from tests.conftest import ManagerFactory
 from tests.core import make_dispatcher
@@ -639,6 +639,22 @@ async def test_a_reply_discord_refuses_for_a_while_is_delivered_later_once(
     await h.bot.dispatcher.outbox.idle()
     assert [m.content for m in dc.channel_messages(dm)] == [reply.content]
     assert await h.manager.owed(h.bot.dispatcher.outbox.since()) == []
+
+
+async def test_a_reply_discord_refuses_for_good_is_marked_failed_and_said_once(
+    start: Start, dc: FakeDiscord, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 400 used to be retried like an outage, forever."""
+    monkeypatch.setattr(delivery, "FIRST_RETRY_S", 0.2)
+    h = await start(stream_edit_interval_s=5.0)
+    dm = dc.dm_channel(ALICE)
+    dc.fail(f"POST /channels/{dm}/messages", 400, 50006, "Cannot send an empty message")
+    await dc.user_message(None, "refuse this", author_id=ALICE)
+    [notice] = await h.bot_messages(dm, prefix=delivery.REFUSED)
+    await h.bot.dispatcher.outbox.idle()
+    assert [m.content for m in dc.channel_messages(dm)] == [notice.content]
+    [failed] = await h.manager.owed(h.bot.dispatcher.outbox.since())
+    assert (failed.text, failed.delivery) == ("echo: refuse this", Delivery.FAILED)
 
 
 async def test_stop_lets_a_turn_in_flight_finish(start: Start, dc: FakeDiscord) -> None:

@@ -10,15 +10,17 @@ import asyncio
 import gzip
 import json
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import conversation.delivery as delivery
 from agents.base import AgentEvent, AgentReply, AgentRequest, TextDelta
 from agents.offline import OfflineAgent
 from conversation.access import AccessPolicy, Actor
+from conversation.delivery import Outbox
 from conversation.dispatcher import Dispatcher
 from conversation.inbound import Attachment, Inbound
 from conversation.registry import parse_command
@@ -443,6 +445,55 @@ async def test_an_unreachable_chat_gets_what_it_missed_when_it_writes_again(
     assert sorted(back.texts) == sorted(
         ["echo: unblocked you", "I couldn't deliver this answer earlier:\n\necho: are you there?"]
     )
+    assert await manager.owed(core.outbox.since()) == []
+
+
+async def test_a_reply_that_keeps_failing_is_given_up_past_the_outbox_window(
+    manager: SessionManager, agent: Echo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any fault other than a wait or an unreachable chat used to be retried forever."""
+    monkeypatch.setattr(delivery, "FIRST_RETRY_S", 0.1)
+    core = make_dispatcher(manager, agent, access=ACCESS, exports=tmp_path)
+    core.outbox = Outbox(manager, 0.3)
+    down = RecordingPort(fail_with=ConnectionError("the platform is down"))
+    await core.handle(say("anyone?", message_id="1"), down)
+    async with asyncio.timeout(10):
+        await core.outbox.idle()
+    assert down.sent == []
+    [failed] = await manager.owed(datetime.now(UTC) - timedelta(hours=1))
+    assert (failed.text, failed.delivery) == ("echo: anyone?", Delivery.FAILED)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [RetryLater(600), Unreachable("the bot was blocked"), ConnectionError("reset")],
+    ids=["retry-later", "unreachable", "network"],
+)
+async def test_a_notice_that_fails_costs_neither_the_question_nor_the_reply(
+    core: Dispatcher, manager: SessionManager, agent: Echo, failure: Exception
+) -> None:
+    """A failing "fresh conversation" notice used to end the handler before the reply
+    was handed to the outbox (it stayed pending until a restart); a failing note about
+    unreadable files ended it before the question was even stored."""
+    from tests.test_lifecycle import quiet_for
+
+    port = RecordingPort()
+    await core.handle(say("my dog is called Biscuit", message_id="1"), port)
+    old = await manager.find_by_chat(DM)
+    assert old is not None
+    await quiet_for(manager, old.id, manager.expire_after_s + 60)
+    port.fail_plain = failure
+    await core.handle(say("hello again", message_id="2"), port)
+    assert port.texts[-1] == "echo: hello again"
+
+    photo = Attachment("a photo", "photo")
+    await core.handle(say("look at this", message_id="3", attachments=(photo,)), port)
+    assert port.texts[-1] == "echo: look at this"
+    assert (await history(manager, DM))[-2:] == [
+        (Role.USER, "look at this"),
+        (Role.ASSISTANT, "echo: look at this"),
+    ]
+    await core.outbox.idle()
     assert await manager.owed(core.outbox.since()) == []
 
 

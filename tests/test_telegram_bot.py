@@ -25,10 +25,11 @@ from agents.settings import ClaudeSettings
 from bots.app import Palaver
 from bots.config import Config, PalaverSettings, Secrets, TelegramSettings
 from bots.telegram_bot import TelegramBot
+from conversation.delivery import REFUSED
 from conversation.settings import AccessSettings, AgentSettings, RateLimitSettings
 from memory.errors import PalaverError
 from memory.settings import DatabaseSettings
-from memory.types import ChatKey, Role
+from memory.types import ChatKey, Delivery, Role
 from run import serve
 from tests.fakes.anthropic_api import FakeAnthropic
 from tests.fakes.telegram_api import JSON, FakeTelegram, parse_html, utf16_len
@@ -449,6 +450,79 @@ async def test_a_reply_delayed_past_the_flood_limit_is_delivered_later_in_order_
         assert texts(tg, ANN)[-1] == "Echo: four floods" and len(texts(tg, ANN)) == 3
         owed = await b.app.manager.owed(b.app.dispatcher.outbox.since())
         assert owed == []
+
+
+LONG_PARTS = [" ".join([word] * 500) for word in ("alpha", "bravo", "charlie")]
+
+
+async def test_a_long_reply_held_up_at_its_second_part_is_resumed_there_each_part_once(
+    tmp_path: Path, sqlite_url: str, tg: FakeTelegram, claude: FakeAnthropic
+) -> None:
+    """A 429 beyond the flood wait on part 2 of 3 used to resend the whole reply after
+    the wait: part 1 showed twice."""
+    claude.responder = lambda body: "\n\n".join(LONG_PARTS)
+    options = {"flood_max_wait_s": 1.0, "stream_replies": False}
+    async with running(tmp_path, sqlite_url, tg, claude, telegram=options, max_tokens=4096) as b:
+        tg.flood("sendMessage", times=1, retry_after=2, after=1)
+        tg.user_message(ANN, "a long answer, please")
+        await tg.wait_for(lambda: len(tg.errors) == 1)
+        await tg.wait_for(lambda: len(texts(tg, ANN)) >= 3, timeout=8)
+        await b.app.dispatcher.outbox.idle()
+        await settle(tg)
+        assert texts(tg, ANN) == LONG_PARTS
+        assert await b.app.manager.owed(b.app.dispatcher.outbox.since()) == []
+
+
+async def test_a_long_reply_held_up_at_its_second_part_resumes_there_after_a_restart(
+    tmp_path: Path, sqlite_url: str, tg: FakeTelegram, claude: FakeAnthropic
+) -> None:
+    claude.responder = lambda body: "\n\n".join(LONG_PARTS)
+    options = {"flood_max_wait_s": 1.0, "stream_replies": False}
+    config = make_config(tmp_path, sqlite_url, tg, claude, telegram=options, max_tokens=4096)
+    tg.flood("sendMessage", times=1, retry_after=600, after=1)
+    app = Palaver(config)
+    await app.start()
+    (interface,) = app.build_interfaces()
+    await interface.start()
+    tg.user_message(ANN, "a long answer, please")
+    await tg.wait_for(lambda: len(tg.errors) == 1)
+    await settle(tg)
+    await app.close_interfaces([interface], 2.0)
+    await app.stop()
+    assert texts(tg, ANN) == LONG_PARTS[:1]
+
+    again = Palaver(config)
+    await again.start()
+    (interface,) = again.build_interfaces()
+    await interface.start()
+    try:
+        await again.resume([interface])
+        await again.dispatcher.settled()
+        await settle(tg)
+        assert texts(tg, ANN) == LONG_PARTS
+        assert len(claude.requests) == 1
+    finally:
+        await again.close_interfaces([interface], 2.0)
+        await again.stop()
+
+
+async def test_a_reply_telegram_refuses_for_good_is_marked_failed_and_said_once(
+    tmp_path: Path, sqlite_url: str, tg: FakeTelegram, claude: FakeAnthropic
+) -> None:
+    """A 400 Bad Request used to be retried forever, every 300 s at most."""
+    options = {"stream_replies": False}
+    async with running(tmp_path, sqlite_url, tg, claude, telegram=options) as b:
+        tg.refuse("sendMessage", times=1)
+        tg.user_message(ANN, "refuse this")
+        await tg.wait_for(lambda: len(tg.errors) == 1)
+        async with asyncio.timeout(5):
+            await b.app.dispatcher.outbox.idle()
+        await tg.wait_for_message(ANN, text=REFUSED)
+        await settle(tg)
+        assert texts(tg, ANN) == [REFUSED]
+        assert len(tg.errors) == 1, "refused once, not retried"
+        [failed] = await b.app.manager.owed(b.app.dispatcher.outbox.since())
+        assert (failed.text, failed.delivery) == ("Echo: refuse this", Delivery.FAILED)
 
 
 async def test_a_reply_still_owed_at_shutdown_is_delivered_after_the_restart(

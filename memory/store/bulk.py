@@ -106,9 +106,10 @@ class BulkAppend:
             f"INSERT INTO message_attachments ({', '.join(_LINK_COLUMNS)}) "
             f"VALUES ({', '.join(self._marks(len(_LINK_COLUMNS)))})"
         )
-        m = self._marks(3)
+        m = self._marks(4)
         self.mark = (
-            f"UPDATE messages SET delivery = {m[0]} WHERE session_id = {m[1]} AND seq = {m[2]}"
+            f"UPDATE messages SET delivery = {m[0]}, delivered_parts = {m[1]} "
+            f"WHERE session_id = {m[2]} AND seq = {m[3]}"
         )
 
         def processor(column: Any) -> Any:

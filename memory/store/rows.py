@@ -86,8 +86,9 @@ class NewMessage:
     attachments: tuple[NewAttachment, ...] = ()
 
 
-# A change of what a stored message is owed: (new delivery or None, session id, seq).
-Mark = tuple[str | None, int, int]
+# A change of what a stored message is owed: (new delivery or None, the parts of it
+# delivered or None, session id, seq).
+Mark = tuple[str | None, int | None, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +211,7 @@ def stored_message(row: Mapping[Any, Any], *, duplicate: bool = False) -> Stored
         duplicate=duplicate,
         chat_ref=row["chat_ref"],
         delivery=Delivery(row["delivery"]) if row["delivery"] else None,
+        delivered_parts=row.get("delivered_parts") or 0,
     )
 
 

@@ -427,6 +427,14 @@ class StoredFile:
 class _Flood:
     remaining: int
     retry_after: int
+    after: int = 0  # calls let through before the floods begin
+
+
+@dataclass
+class _Refusal:
+    remaining: int
+    description: str
+    after: int = 0  # calls let through before the refusals begin
 
 
 Handler = Callable[[JSON], Awaitable[Any]]
@@ -481,6 +489,7 @@ class FakeTelegram:
         self._callback_counter = 0
         self._floods: dict[str, list[_Flood]] = {}
         self._outages: dict[str, int] = {}
+        self._refusals: dict[str, list[_Refusal]] = {}
         self._allowed_updates: set[str] | None = None
         self._poll_generation = 0
         self._waiters: list[asyncio.Future[None]] = []
@@ -566,9 +575,24 @@ class FakeTelegram:
 
     # -- fault injection ------------------------------------------------------------------------
 
-    def flood(self, method: str = "sendMessage", times: int = 1, retry_after: int = 1) -> None:
-        """Answer the next ``times`` calls of ``method`` with 429 and ``retry_after``."""
-        self._floods.setdefault(method.lower(), []).append(_Flood(times, retry_after))
+    def flood(
+        self, method: str = "sendMessage", times: int = 1, retry_after: int = 1, *, after: int = 0
+    ) -> None:
+        """Answer the next ``times`` calls of ``method`` with 429 and ``retry_after``
+        (after letting ``after`` calls through: the 2nd part of a long reply, say)."""
+        self._floods.setdefault(method.lower(), []).append(_Flood(times, retry_after, after))
+
+    def refuse(
+        self,
+        method: str = "sendMessage",
+        times: int = 1,
+        description: str = "Bad Request: message must be non-empty",
+        *,
+        after: int = 0,
+    ) -> None:
+        """Answer the next ``times`` calls of ``method`` with 400 and ``description``
+        (after letting ``after`` calls through), as Telegram refuses a message for good."""
+        self._refusals.setdefault(method.lower(), []).append(_Refusal(times, description, after))
 
     def outage(self, method: str = "getMe", times: int = 1) -> None:
         """Answer the next ``times`` calls of ``method`` with 502 Bad Gateway, as the Bot
@@ -939,6 +963,7 @@ class FakeTelegram:
             if delay > 0:
                 await asyncio.sleep(delay)
             self._check_flood(name)
+            self._check_refusal(name)
             result = await handler(params)
         except ApiError as error:
             self.errors.append((name, params, error.code, error.description))
@@ -960,12 +985,28 @@ class FakeTelegram:
         if not queue:
             return
         flood = queue[0]
+        if flood.after > 0:
+            flood.after -= 1
+            return
         flood.remaining -= 1
         if flood.remaining <= 0:
             queue.pop(0)
         raise ApiError(
             429, f"Too Many Requests: retry after {flood.retry_after}", flood.retry_after
         )
+
+    def _check_refusal(self, name: str) -> None:
+        queue = self._refusals.get(name.lower())
+        if not queue:
+            return
+        refusal = queue[0]
+        if refusal.after > 0:
+            refusal.after -= 1
+            return
+        refusal.remaining -= 1
+        if refusal.remaining <= 0:
+            queue.pop(0)
+        raise ApiError(400, refusal.description)
 
     # -- internals: helpers ---------------------------------------------------------------------
 
