@@ -20,11 +20,13 @@ from agents.settings import ClaudeCodeSettings
 from bots.app import Palaver
 from bots.redaction import Redactor
 from conversation.access import Actor
+from conversation.code_turn import LOST
 from conversation.dispatcher import Dispatcher
 from conversation.inbound import Inbound
 from conversation.settings import AccessSettings
+from memory.code_sessions import CodeSessionStatus
 from memory.manager import SessionManager
-from memory.types import ChatKey, Role
+from memory.types import ChatKey, Role, Usage
 from tests.conftest import ManagerFactory
 from tests.core import RecordingPort, group_port, make_dispatcher
 from tests.fakes.anthropic_api import FakeAnthropic, ToolCall
@@ -319,6 +321,45 @@ async def test_project_reset_starts_a_fresh_claude_code_session(
     assert "4417" not in json.dumps(fake.requests[-1]["messages"])
     history = (await say(core, "/project history")).texts[0]
     assert "(current)" in history and "(retired)" in history
+
+
+async def test_a_session_of_another_project_is_never_resumed(
+    core: Dispatcher, fake: FakeAnthropic, manager: SessionManager
+) -> None:
+    """Two projects in one directory: project b's current row naming project a's
+    Claude Code session (written by mistake, copied or forged) must not let b continue
+    a's conversation. b starts fresh, seeded with its own memory, and says so once."""
+    await say(core, "/project new a existing")
+    await ask(core, "the code word is heron", "1")
+    a = await manager.project(name="a")
+    a_session = await manager.code_session(a.id)
+    assert a_session is not None
+    await say(core, "/project new b existing")
+    b = await manager.project(name="b")
+    await manager.record_code_turn(
+        b.id,
+        a_session.session_id,
+        chat=TG,
+        usage=Usage(),
+        num_turns=0,
+        context_tokens=0,
+        lost=None,
+    )
+    answer = await ask(core, "what was the code word?", "2")
+    assert answer.startswith(f"{LOST}\n\nEcho: [Palaver: the earlier Claude Code session")
+    assert answer.endswith("[The user's message follows.]\n\nwhat was the code word?")
+    assert "heron" not in json.dumps(fake.requests[-1]["messages"])
+    b_session = await manager.code_session(b.id)
+    assert b_session is not None and b_session.session_id != a_session.session_id
+    statuses = {s.session_id: s.status for s in await manager.code_history(b.id)}
+    assert statuses[a_session.session_id] is CodeSessionStatus.LOST
+    # a's own session is untouched and a resumes it.
+    await say(core, "/project use a")
+    assert (await manager.code_session(a.id)) == a_session
+    assert await ask(core, "and the word?", "3") == "Echo: and the word?"
+    assert "heron" in json.dumps(fake.requests[-1]["messages"])
+    await say(core, "/project use b")
+    assert await ask(core, "again", "4") == "Echo: again"  # b's LOST is said once
 
 
 async def test_an_export_of_a_project_includes_its_claude_code_transcript(
