@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from pydantic import SecretStr
+from sqlalchemy import Connection, select, update
 
 from agents.claude_code import ClaudeCodeAgent
 from agents.offline import OfflineAgent
@@ -26,6 +27,7 @@ from conversation.inbound import Inbound
 from conversation.settings import AccessSettings
 from memory.code_sessions import CodeSessionStatus
 from memory.manager import SessionManager
+from memory.transcripts import transcripts
 from memory.types import ChatKey, Role, Usage
 from tests.conftest import ManagerFactory
 from tests.core import RecordingPort, group_port, make_dispatcher
@@ -360,6 +362,56 @@ async def test_a_session_of_another_project_is_never_resumed(
     assert "heron" in json.dumps(fake.requests[-1]["messages"])
     await say(core, "/project use b")
     assert await ask(core, "again", "4") == "Echo: again"  # b's LOST is said once
+
+
+async def test_a_corrupt_transcript_starts_a_fresh_seeded_session_and_says_so_once(
+    make_core: Core, fake: FakeAnthropic, manager: SessionManager
+) -> None:
+    """The stored transcript of the project's session garbled (every line cut short):
+    after a restart the resume cannot work; the chat is told once, in plain words, and
+    the project goes on in a fresh session seeded with Palaver's memory of it."""
+    core = make_core()
+    await say(core, "/project new app")
+    await ask(core, "the code word is heron", "1")
+    app = await manager.project(name="app")
+    before = await manager.code_session(app.id)
+    assert before is not None
+
+    def garble(conn: Connection) -> int:
+        rows = conn.execute(
+            select(transcripts.c.id, transcripts.c.entry).where(
+                transcripts.c.session_id == before.session_id
+            )
+        ).all()
+        for row_id, entry in rows:
+            cut = json.dumps(entry)[: len(json.dumps(entry)) // 2]  # truncated JSON text
+            conn.execute(update(transcripts).where(transcripts.c.id == row_id).values(entry=cut))
+        return len(rows)
+
+    assert await manager.store.db.run_write(garble) > 0
+    restarted = make_core()  # no live CLI and another config dir: only the database has it
+    port = await say(restarted, "what was the code word?", message_id="2")
+    assert port.texts[0].startswith(f"{LOST}\n\nEcho: [Palaver: the earlier Claude Code")
+    assert "the code word is heron" in port.texts[0]  # the seed: Palaver's own memory
+    after = await manager.code_session(app.id)
+    assert after is not None and after.session_id != before.session_id
+    statuses = {s.session_id: s.status for s in await manager.code_history(app.id)}
+    assert statuses == {
+        before.session_id: CodeSessionStatus.LOST,
+        after.session_id: CodeSessionStatus.CURRENT,
+    }
+    history = (await say(restarted, "/project history")).texts[0]
+    assert "(lost)" in history and "(current)" in history
+    assert await ask(restarted, "and now?", "3") == "Echo: and now?"  # told once
+    assert "the code word is heron" in json.dumps(fake.requests[-1]["messages"])
+    # The garbled lines are kept as they are; an export still includes them.
+    exported = await say(restarted, "/export json")
+    document = json.loads(exported.sent[-1].data or b"")
+    assert set(document["claude_code"]) == {before.session_id, after.session_id}
+    assert document["claude_code"][before.session_id][0]["type"] == "unreadable"
+    markdown = await say(restarted, "/export")
+    text = (markdown.sent[-1].data or b"").decode()
+    assert f"### Session {before.session_id}" in text and "and now?" in text
 
 
 async def test_an_export_of_a_project_includes_its_claude_code_transcript(
