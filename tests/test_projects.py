@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +26,16 @@ from conversation.access import Actor
 from conversation.code_turn import LOST
 from conversation.dispatcher import Dispatcher
 from conversation.inbound import Inbound
+from conversation.outbound import ReplyStream
 from conversation.settings import AccessSettings
 from memory.code_sessions import CodeSessionStatus
 from memory.manager import SessionManager
 from memory.transcripts import transcripts
 from memory.types import ChatKey, Role, Usage
 from tests.conftest import ManagerFactory
-from tests.core import RecordingPort, group_port, make_dispatcher
+from tests.core import RecordingPort, RecordingStream, group_port, make_dispatcher
 from tests.fakes.anthropic_api import FakeAnthropic, ToolCall
-from tests.test_claude_code import API_KEY, SECRETS, tool_results, user_text
+from tests.test_claude_code import API_KEY, SECRETS, cli_children, tool_results, user_text
 
 JSON = dict[str, Any]
 TG = ChatKey("telegram", "11")
@@ -412,6 +415,56 @@ async def test_a_corrupt_transcript_starts_a_fresh_seeded_session_and_says_so_on
     markdown = await say(restarted, "/export")
     text = (markdown.sent[-1].data or b"").decode()
     assert f"### Session {before.session_id}" in text and "and now?" in text
+
+
+@dataclass
+class BegunStream(RecordingStream):
+    begun: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def update(self, text: str) -> None:
+        await super().update(text)
+        self.begun.set()
+
+
+@dataclass
+class BegunPort(RecordingPort):
+    """A port that says when a streamed answer has begun."""
+
+    begun: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def stream(self) -> ReplyStream:
+        stream = BegunStream(self, begun=self.begun)
+        self.streams.append(stream)
+        return stream
+
+
+async def test_claude_code_killed_mid_turn_is_a_plain_error_and_the_next_turn_works(
+    core: Dispatcher, fake: FakeAnthropic, manager: SessionManager
+) -> None:
+    """The CLI process dies (killed) while the model's answer stalls mid-stream: the
+    chat gets plain words, the error is recorded, nothing waits on the dead process,
+    and the next message is answered."""
+    await say(core, "/project new app")
+    await ask(core, "the code word is heron", "1")
+    [cli] = cli_children()  # the live CLI of the project
+    fake.words_per_chunk = 1
+    fake.fail_mid_stream(after_chunks=1, how="stall", seconds=600)
+    port = BegunPort()
+    turn = asyncio.create_task(say(core, "tell me a long story", message_id="2", port=port))
+    await port.begun.wait()  # the answer has begun streaming; the model stalls
+    os.kill(cli, signal.SIGKILL)
+    await asyncio.wait_for(turn, 60)  # a bound only against a hang; it ends at once
+    [said] = port.texts  # what streamed so far, then plain words, once
+    assert said.endswith(
+        "Claude Code stopped unexpectedly during this turn; what it did so far is kept. "
+        "Send your message again to continue."
+    )
+    assert cli_children() == []  # the dead CLI was let go; no other took its place
+    session = await manager.find_by_chat(TG)
+    assert session is not None and session.errors == 1
+    fake.words_per_chunk = 3
+    assert await ask(core, "what was the code word?", "3") == "Echo: what was the code word?"
+    assert "the code word is heron" in json.dumps(fake.requests[-1]["messages"])
 
 
 async def test_an_export_of_a_project_includes_its_claude_code_transcript(
