@@ -19,7 +19,7 @@ from sqlalchemy import Connection, select, update
 
 from agents.claude_code import ClaudeCodeAgent
 from agents.offline import OfflineAgent
-from agents.settings import ClaudeCodeSettings
+from agents.settings import ClaudeCodeSettings, SpendSettings
 from bots.app import Palaver
 from bots.redaction import Redactor
 from conversation.access import Actor
@@ -465,6 +465,46 @@ async def test_claude_code_killed_mid_turn_is_a_plain_error_and_the_next_turn_wo
     fake.words_per_chunk = 3
     assert await ask(core, "what was the code word?", "3") == "Echo: what was the code word?"
     assert "the code word is heron" in json.dumps(fake.requests[-1]["messages"])
+
+
+async def test_claude_code_turns_count_toward_spend_caps_status_and_stats(
+    make_core: Core, fake: FakeAnthropic, manager: SessionManager
+) -> None:
+    """A project turn's cost (Claude Code's own figure) is in the ledger like any
+    turn's: /status and /stats show it, and the session's and the user's daily caps
+    refuse the next turn without starting Claude Code."""
+    capped = make_core(spend=SpendSettings(user_daily_usd=0, session_usd=0.001))
+    await say(capped, "/project new app")
+    await say(capped, "/project use app", actor=BOB, key=DC)
+    assert await ask(capped, "first", "1") == "Echo: first"
+    session = await manager.find_by_chat(TG)
+    assert session is not None and session.usage.cost_usd > 0.001
+    app = await manager.project(name="app")
+    [code] = await manager.code_history(app.id)
+    assert session.usage.cost_usd == pytest.approx(code.usage.cost_usd)
+    status = (await say(capped, "/status")).texts[0]
+    assert f"Cost: ${session.usage.cost_usd:.4f}" in status
+    written = session.usage.cache_write_tokens  # Claude Code's prompt, cached
+    assert written > 0 and f"{written:,} cache write" in status
+    stats = (await say(capped, "/stats")).texts[0]
+    assert f"Cost: ${session.usage.cost_usd:.4f}" in stats
+
+    calls = len(fake.requests)
+    refused = await say(capped, "second", message_id="2", actor=BOB, key=DC)
+    assert refused.texts == [
+        "This conversation has reached its spending limit ($0.00). Send /reset to start a new one."
+    ]
+    assert len(fake.requests) == calls  # Claude Code was not asked
+
+    # The user's daily cap: Ann's project turn counts toward her day, not Bob's.
+    daily = make_core(spend=SpendSettings(user_daily_usd=0.001, session_usd=0))
+    refused = await say(daily, "third", message_id="3")
+    assert refused.texts == [
+        "You've reached today's spending limit ($0.00). It resets at midnight UTC."
+    ]
+    assert len(fake.requests) == calls
+    assert await ask(daily, "fourth", "4", actor=BOB, key=DC) == "Echo: fourth"
+    assert await manager.spent_today("discord:22") > 0
 
 
 async def test_an_export_of_a_project_includes_its_claude_code_transcript(
