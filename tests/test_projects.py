@@ -507,6 +507,29 @@ async def test_claude_code_turns_count_toward_spend_caps_status_and_stats(
     assert await manager.spent_today("discord:22") > 0
 
 
+async def test_a_turn_stopped_at_its_budget_still_counts_what_it_spent(
+    make_core: Core, fake: FakeAnthropic, manager: SessionManager, root: Path
+) -> None:
+    """Claude Code is stopped once a turn passes the project's budget: the money spent
+    until then is charged to the asker like any failed call's, so the caps see it."""
+    core = make_core(spend=SpendSettings(user_daily_usd=0.01, session_usd=0))
+    await say(core, "/project new app")
+    await say(core, "/project set budget 0.01")
+    fake.responder = write_then_answer(root / "app" / "spent.txt")
+    port = await say(core, "spend it", message_id="1")
+    assert "This turn hit the project's budget of $0.01 and was stopped" in port.texts[-1]
+    session = await manager.find_by_chat(TG)
+    assert session is not None and session.errors == 1
+    assert session.usage.cost_usd > 0.01
+    assert await manager.spent_today("telegram:11") == pytest.approx(session.usage.cost_usd)
+    calls = len(fake.requests)
+    refused = await say(core, "again", message_id="2")
+    assert refused.texts == [
+        "You've reached today's spending limit ($0.01). It resets at midnight UTC."
+    ]
+    assert len(fake.requests) == calls
+
+
 async def test_an_export_of_a_project_includes_its_claude_code_transcript(
     core: Dispatcher,
 ) -> None:
