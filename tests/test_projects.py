@@ -644,6 +644,56 @@ async def test_approve_through_telegrams_inline_buttons(
             await app.stop()
 
 
+async def test_a_telegram_forum_topic_is_bound_to_its_project(
+    tmp_path: Path, fake: FakeAnthropic, sqlite_url: str
+) -> None:
+    """In a forum, each topic is a chat of its own: the topic that selects a project
+    works in it (Claude Code, answered in that topic); the topic next to it keeps its
+    own conversation, and neither sees the other's words."""
+    from tests.fakes.telegram_api import FakeTelegram
+    from tests.test_telegram_bot import ADMIN, TOKEN, make_config, texts
+
+    forum = -1005
+
+    def post(text: str, topic: int) -> None:
+        tg.user_message(forum, text, chat_type="supergroup", user_id=ADMIN, message_thread_id=topic)
+
+    async with FakeTelegram(token=TOKEN) as tg:
+        config = make_config(tmp_path, sqlite_url, tg, fake)
+        config.projects.root = str(tmp_path / "projects")
+        app = Palaver(config)
+        await app.start()
+        (interface,) = app.build_interfaces()
+        await interface.start()
+        try:
+            post("/project new app", 7)
+            await tg.wait_for_message(forum, message_thread_id=7, contains="Created project app")
+            post("@palaver_test_bot the fruit is a quince", 8)
+            await tg.wait_for_message(forum, message_thread_id=8, contains="quince")
+            post("@palaver_test_bot the code word is heron", 7)
+            await tg.wait_for_message(forum, message_thread_id=7, contains="heron", timeout=30)
+            code_call = json.dumps(fake.requests[-1])
+            assert "heron" in code_call and "quince" not in code_call
+            assert "claude_code" in code_call or "Claude Code" in code_call  # its own prompt
+            post("/project", 8)
+            await tg.wait_for_message(forum, message_thread_id=8, contains="No project")
+            post("@palaver_test_bot what was the code word?", 7)
+            await tg.wait_for_message(forum, message_thread_id=7, contains="code word?", timeout=30)
+            assert "the code word is heron" in json.dumps(fake.requests[-1]["messages"])
+            manager = app.manager
+            topic = ChatKey("telegram", str(forum), "7")
+            project = await manager.active_project(topic)
+            assert project is not None and project.name == "app"
+            assert await manager.active_project(ChatKey("telegram", str(forum), "8")) is None
+            current = await manager.code_session(project.id)
+            assert current is not None and current.chat_refs == (topic.ref,)
+            assert not any("heron" in t for t in texts(tg, forum, 8))
+            assert not any("quince" in t for t in texts(tg, forum, 7))
+        finally:
+            await app.close_interfaces([interface], 5.0)
+            await app.stop()
+
+
 async def test_started_on_telegram_continued_in_a_discord_thread_with_its_buttons(
     tmp_path: Path,
     fake: FakeAnthropic,
