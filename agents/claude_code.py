@@ -414,28 +414,27 @@ class ClaudeCodeAgent:
             raise self._crashed(live, None)
         live.session_id = result.session_id
         cost = self._account(live, result)
+        usage = _usage(result.usage or {})
         if turn.over_budget or result.subtype == "error_max_budget_usd":
             await self._discard(live)
             budget = request.max_budget_usd or 0.0
+            spent = max(cost, turn_cost)
             raise AgentError(
                 f"This turn hit the project's budget of ${budget:.2f} and was stopped; "
                 "what Claude Code did so far is kept in the session.",
                 kind="budget",
-                detail=f"spent about ${max(cost, turn_cost):.4f}",
+                detail=f"spent about ${spent:.4f}",
+                usage=_priced(usage, spent),  # charged all the same: the caps count it
             )
         if result.is_error or api_error is not None:
             await self._discard(live)
-            raise _result_error(result, api_error)
-        usage = _usage(result.usage or {})
+            failed = _result_error(result, api_error)
+            if cost > 0:
+                failed.usage = _priced(usage, cost)
+            raise failed
         yield CodeReply(
             text="".join(text),
-            usage=Usage(
-                usage.input_tokens,
-                usage.output_tokens,
-                usage.cache_read_tokens,
-                usage.cache_write_tokens,
-                cost,
-            ),
+            usage=_priced(usage, cost),
             session_id=result.session_id,
             num_turns=result.num_turns,
             context_tokens=context_tokens,
@@ -709,6 +708,16 @@ def _usage(raw: Mapping[str, Any]) -> Usage:
         int(raw.get("output_tokens") or 0),
         int(raw.get("cache_read_input_tokens") or 0),
         int(raw.get("cache_creation_input_tokens") or 0),
+    )
+
+
+def _priced(usage: Usage, cost: float) -> Usage:
+    return Usage(
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cache_read_tokens,
+        usage.cache_write_tokens,
+        cost,
     )
 
 

@@ -6,7 +6,8 @@ to this module, which:
 
 - resumes the project's current Claude Code session (or starts fresh after
   ``/project reset``), in the project's directory, with its model, prompt, allowed
-  tools, permission mode and per-turn budget;
+  tools, permission mode and per-turn budget; only an id that is the project's own
+  (``CodeSessions.belongs``) is resumed, any other is treated as a lost session;
 - streams Claude Code's text into the chat with the tools it uses as short progress
   lines below it ("Reading app/models.py", "Running: pytest -q");
 - asks the chat to approve any tool that is not read-only (conversation.approvals);
@@ -40,6 +41,7 @@ from agents.claude_code import (
     CodeRequest,
     ToolApproval,
     ToolProgress,
+    seeded_prompt,
 )
 from agents.uploads import Upload, describe_uploads, write_uploads
 from agents.workspace import WorkspaceError, resolve_workdir
@@ -133,11 +135,25 @@ class CodeTurns:
         if files:
             prompt = await self._with_uploads(project, prompt, files)
         current = await self._manager.code_session(project.id)
-        request = self.request(project, prompt, current.session_id if current else None, user)
+        resume = current.session_id if current else None
+        foreign: str | None = None  # a current id that is not this project's own
+        if resume is not None and not await self._manager.code_session_belongs(project.id, resume):
+            log.warning(
+                "Project %s: Claude Code session %s is not its own; starting a fresh one",
+                project.name,
+                resume,
+            )
+            foreign, resume = resume, None
+        request = self.request(project, prompt, resume, user)
         if current is not None:
             # Only needed if the session turns out lost; cheap: no model call.
             seed = await self._memory_of(session)
             request = dataclasses.replace(request, seed_summary=seed)
+            if foreign is not None:
+                # As for a lost session: a fresh one, seeded, and the user told.
+                request = dataclasses.replace(
+                    request, prompt=seeded_prompt(foreign, seed, request.prompt)
+                )
         text = ""
         tools: list[str] = []
         reply: CodeReply | None = None
@@ -160,6 +176,8 @@ class CodeTurns:
                     await on_progress(redact(f"{text}\n\n{shown}".strip() if tools else text))
         if reply is None:
             raise AgentError("Claude Code ended without an answer.", kind="code_error")
+        if foreign is not None and reply.lost_session is None:
+            reply = dataclasses.replace(reply, lost_session=foreign)
         recorded = await self._manager.record_code_turn(
             project.id,
             reply.session_id,

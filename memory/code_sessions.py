@@ -228,14 +228,21 @@ class CodeSessions:
         ]
 
     async def belongs(self, project_id: int, session_id: str) -> bool:
-        """Whether ``session_id`` is one of the project's sessions (any status)."""
+        """Whether ``session_id`` is the project's own: recorded for it (any status),
+        and by no other project before it.
+
+        A Claude Code session is one project's conversation. The same id under a
+        second project (a row written by mistake, copied, or forged) would make that
+        project's turn continue another project's conversation when both work in one
+        directory; the project that recorded it first owns it.
+        """
         rows = await self._select(
-            select(code_sessions.c.id).where(
-                code_sessions.c.project_id == project_id,
-                code_sessions.c.session_id == session_id,
-            )
+            select(code_sessions.c.project_id)
+            .where(code_sessions.c.session_id == session_id)
+            .order_by(code_sessions.c.started_at, code_sessions.c.id)
+            .limit(1)
         )
-        return bool(rows)
+        return bool(rows) and rows[0]["project_id"] == project_id
 
     async def unused_since(self, before: datetime, *, limit: int = 500) -> list[CodeSession]:
         """Sessions that are not current and were last used before ``before``: what

@@ -243,8 +243,13 @@ class SessionManager(OperatorView, JobsView):
     # -- Claude Code sessions of projects -------------------------------------------
 
     async def code_session(self, project_id: int) -> CodeSession | None:
-        """The Claude Code session the project's next turn resumes (None: fresh)."""
+        """The project's current Claude Code session (None: the next turn starts fresh)."""
         return await self._code.current(project_id)
+
+    async def code_session_belongs(self, project_id: int, session_id: str) -> bool:
+        """Whether ``session_id`` is the project's own Claude Code session, fit to be
+        resumed by it (see ``CodeSessions.belongs``)."""
+        return await self._code.belongs(project_id, session_id)
 
     async def record_code_turn(
         self,

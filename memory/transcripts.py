@@ -47,6 +47,10 @@ def _subpath(key: Mapping[str, Any]) -> str:
     return str(key.get("subpath") or "")
 
 
+def _readable(entry: Any) -> dict[str, Any]:
+    return dict(entry) if isinstance(entry, dict) else {"type": "unreadable", "raw": entry}
+
+
 class TranscriptStore:
     """``SessionStore`` over the ``code_transcripts`` tables (SQLite or PostgreSQL)."""
 
@@ -188,14 +192,16 @@ class TranscriptStore:
         """The main transcript of a Claude Code session, line by line (for /export).
 
         Session ids are UUIDs, so the id alone finds it whatever directory the project
-        worked in. Empty when nothing was stored (or retention deleted it).
+        worked in. Empty when nothing was stored (or retention deleted it). A line that
+        is not a JSON object (a corrupt transcript) comes as ``{"type": "unreadable",
+        "raw": <what is stored>}``: kept, and never the reason an export fails.
         """
         rows = await self._select(
             select(transcripts.c.entry)
             .where(transcripts.c.session_id == session_id, transcripts.c.subpath == "")
             .order_by(transcripts.c.id)
         )
-        return [dict(row["entry"]) for row in rows]
+        return [_readable(row["entry"]) for row in rows]
 
     async def delete_sessions(self, session_ids: Iterable[str]) -> int:
         """Delete these sessions' transcripts, subagents' included; returns lines deleted."""

@@ -7,28 +7,35 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import SecretStr
+from sqlalchemy import Connection, select, update
 
 from agents.claude_code import ClaudeCodeAgent
 from agents.offline import OfflineAgent
-from agents.settings import ClaudeCodeSettings
+from agents.settings import ClaudeCodeSettings, SpendSettings
 from bots.app import Palaver
 from bots.redaction import Redactor
 from conversation.access import Actor
+from conversation.code_turn import LOST
 from conversation.dispatcher import Dispatcher
 from conversation.inbound import Inbound
+from conversation.outbound import ReplyStream
 from conversation.settings import AccessSettings
+from memory.code_sessions import CodeSessionStatus
 from memory.manager import SessionManager
-from memory.types import ChatKey, Role
+from memory.transcripts import transcripts
+from memory.types import ChatKey, Role, Usage
 from tests.conftest import ManagerFactory
-from tests.core import RecordingPort, group_port, make_dispatcher
+from tests.core import RecordingPort, RecordingStream, group_port, make_dispatcher
 from tests.fakes.anthropic_api import FakeAnthropic, ToolCall
-from tests.test_claude_code import API_KEY, SECRETS, tool_results, user_text
+from tests.test_claude_code import API_KEY, SECRETS, cli_children, tool_results, user_text
 
 JSON = dict[str, Any]
 TG = ChatKey("telegram", "11")
@@ -321,6 +328,208 @@ async def test_project_reset_starts_a_fresh_claude_code_session(
     assert "(current)" in history and "(retired)" in history
 
 
+async def test_a_session_of_another_project_is_never_resumed(
+    core: Dispatcher, fake: FakeAnthropic, manager: SessionManager
+) -> None:
+    """Two projects in one directory: project b's current row naming project a's
+    Claude Code session (written by mistake, copied or forged) must not let b continue
+    a's conversation. b starts fresh, seeded with its own memory, and says so once."""
+    await say(core, "/project new a existing")
+    await ask(core, "the code word is heron", "1")
+    a = await manager.project(name="a")
+    a_session = await manager.code_session(a.id)
+    assert a_session is not None
+    await say(core, "/project new b existing")
+    b = await manager.project(name="b")
+    await manager.record_code_turn(
+        b.id,
+        a_session.session_id,
+        chat=TG,
+        usage=Usage(),
+        num_turns=0,
+        context_tokens=0,
+        lost=None,
+    )
+    answer = await ask(core, "what was the code word?", "2")
+    assert answer.startswith(f"{LOST}\n\nEcho: [Palaver: the earlier Claude Code session")
+    assert answer.endswith("[The user's message follows.]\n\nwhat was the code word?")
+    assert "heron" not in json.dumps(fake.requests[-1]["messages"])
+    b_session = await manager.code_session(b.id)
+    assert b_session is not None and b_session.session_id != a_session.session_id
+    statuses = {s.session_id: s.status for s in await manager.code_history(b.id)}
+    assert statuses[a_session.session_id] is CodeSessionStatus.LOST
+    # a's own session is untouched and a resumes it.
+    await say(core, "/project use a")
+    assert (await manager.code_session(a.id)) == a_session
+    assert await ask(core, "and the word?", "3") == "Echo: and the word?"
+    assert "heron" in json.dumps(fake.requests[-1]["messages"])
+    await say(core, "/project use b")
+    assert await ask(core, "again", "4") == "Echo: again"  # b's LOST is said once
+
+
+async def test_a_corrupt_transcript_starts_a_fresh_seeded_session_and_says_so_once(
+    make_core: Core, fake: FakeAnthropic, manager: SessionManager
+) -> None:
+    """The stored transcript of the project's session garbled (every line cut short):
+    after a restart the resume cannot work; the chat is told once, in plain words, and
+    the project goes on in a fresh session seeded with Palaver's memory of it."""
+    core = make_core()
+    await say(core, "/project new app")
+    await ask(core, "the code word is heron", "1")
+    app = await manager.project(name="app")
+    before = await manager.code_session(app.id)
+    assert before is not None
+
+    def garble(conn: Connection) -> int:
+        rows = conn.execute(
+            select(transcripts.c.id, transcripts.c.entry).where(
+                transcripts.c.session_id == before.session_id
+            )
+        ).all()
+        for row_id, entry in rows:
+            cut = json.dumps(entry)[: len(json.dumps(entry)) // 2]  # truncated JSON text
+            conn.execute(update(transcripts).where(transcripts.c.id == row_id).values(entry=cut))
+        return len(rows)
+
+    assert await manager.store.db.run_write(garble) > 0
+    restarted = make_core()  # no live CLI and another config dir: only the database has it
+    port = await say(restarted, "what was the code word?", message_id="2")
+    assert port.texts[0].startswith(f"{LOST}\n\nEcho: [Palaver: the earlier Claude Code")
+    assert "the code word is heron" in port.texts[0]  # the seed: Palaver's own memory
+    after = await manager.code_session(app.id)
+    assert after is not None and after.session_id != before.session_id
+    statuses = {s.session_id: s.status for s in await manager.code_history(app.id)}
+    assert statuses == {
+        before.session_id: CodeSessionStatus.LOST,
+        after.session_id: CodeSessionStatus.CURRENT,
+    }
+    history = (await say(restarted, "/project history")).texts[0]
+    assert "(lost)" in history and "(current)" in history
+    assert await ask(restarted, "and now?", "3") == "Echo: and now?"  # told once
+    assert "the code word is heron" in json.dumps(fake.requests[-1]["messages"])
+    # The garbled lines are kept as they are; an export still includes them.
+    exported = await say(restarted, "/export json")
+    document = json.loads(exported.sent[-1].data or b"")
+    assert set(document["claude_code"]) == {before.session_id, after.session_id}
+    assert document["claude_code"][before.session_id][0]["type"] == "unreadable"
+    markdown = await say(restarted, "/export")
+    text = (markdown.sent[-1].data or b"").decode()
+    assert f"### Session {before.session_id}" in text and "and now?" in text
+
+
+@dataclass
+class BegunStream(RecordingStream):
+    begun: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def update(self, text: str) -> None:
+        await super().update(text)
+        self.begun.set()
+
+
+@dataclass
+class BegunPort(RecordingPort):
+    """A port that says when a streamed answer has begun."""
+
+    begun: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def stream(self) -> ReplyStream:
+        stream = BegunStream(self, begun=self.begun)
+        self.streams.append(stream)
+        return stream
+
+
+async def test_claude_code_killed_mid_turn_is_a_plain_error_and_the_next_turn_works(
+    core: Dispatcher, fake: FakeAnthropic, manager: SessionManager
+) -> None:
+    """The CLI process dies (killed) while the model's answer stalls mid-stream: the
+    chat gets plain words, the error is recorded, nothing waits on the dead process,
+    and the next message is answered."""
+    await say(core, "/project new app")
+    await ask(core, "the code word is heron", "1")
+    [cli] = cli_children()  # the live CLI of the project
+    fake.words_per_chunk = 1
+    fake.fail_mid_stream(after_chunks=1, how="stall", seconds=600)
+    port = BegunPort()
+    turn = asyncio.create_task(say(core, "tell me a long story", message_id="2", port=port))
+    await port.begun.wait()  # the answer has begun streaming; the model stalls
+    os.kill(cli, signal.SIGKILL)
+    await asyncio.wait_for(turn, 60)  # a bound only against a hang; it ends at once
+    [said] = port.texts  # what streamed so far, then plain words, once
+    assert said.endswith(
+        "Claude Code stopped unexpectedly during this turn; what it did so far is kept. "
+        "Send your message again to continue."
+    )
+    assert cli_children() == []  # the dead CLI was let go; no other took its place
+    session = await manager.find_by_chat(TG)
+    assert session is not None and session.errors == 1
+    fake.words_per_chunk = 3
+    assert await ask(core, "what was the code word?", "3") == "Echo: what was the code word?"
+    assert "the code word is heron" in json.dumps(fake.requests[-1]["messages"])
+
+
+async def test_claude_code_turns_count_toward_spend_caps_status_and_stats(
+    make_core: Core, fake: FakeAnthropic, manager: SessionManager
+) -> None:
+    """A project turn's cost (Claude Code's own figure) is in the ledger like any
+    turn's: /status and /stats show it, and the session's and the user's daily caps
+    refuse the next turn without starting Claude Code."""
+    capped = make_core(spend=SpendSettings(user_daily_usd=0, session_usd=0.001))
+    await say(capped, "/project new app")
+    await say(capped, "/project use app", actor=BOB, key=DC)
+    assert await ask(capped, "first", "1") == "Echo: first"
+    session = await manager.find_by_chat(TG)
+    assert session is not None and session.usage.cost_usd > 0.001
+    app = await manager.project(name="app")
+    [code] = await manager.code_history(app.id)
+    assert session.usage.cost_usd == pytest.approx(code.usage.cost_usd)
+    status = (await say(capped, "/status")).texts[0]
+    assert f"Cost: ${session.usage.cost_usd:.4f}" in status
+    written = session.usage.cache_write_tokens  # Claude Code's prompt, cached
+    assert written > 0 and f"{written:,} cache write" in status
+    stats = (await say(capped, "/stats")).texts[0]
+    assert f"Cost: ${session.usage.cost_usd:.4f}" in stats
+
+    calls = len(fake.requests)
+    refused = await say(capped, "second", message_id="2", actor=BOB, key=DC)
+    assert refused.texts == [
+        "This conversation has reached its spending limit ($0.00). Send /reset to start a new one."
+    ]
+    assert len(fake.requests) == calls  # Claude Code was not asked
+
+    # The user's daily cap: Ann's project turn counts toward her day, not Bob's.
+    daily = make_core(spend=SpendSettings(user_daily_usd=0.001, session_usd=0))
+    refused = await say(daily, "third", message_id="3")
+    assert refused.texts == [
+        "You've reached today's spending limit ($0.00). It resets at midnight UTC."
+    ]
+    assert len(fake.requests) == calls
+    assert await ask(daily, "fourth", "4", actor=BOB, key=DC) == "Echo: fourth"
+    assert await manager.spent_today("discord:22") > 0
+
+
+async def test_a_turn_stopped_at_its_budget_still_counts_what_it_spent(
+    make_core: Core, fake: FakeAnthropic, manager: SessionManager, root: Path
+) -> None:
+    """Claude Code is stopped once a turn passes the project's budget: the money spent
+    until then is charged to the asker like any failed call's, so the caps see it."""
+    core = make_core(spend=SpendSettings(user_daily_usd=0.01, session_usd=0))
+    await say(core, "/project new app")
+    await say(core, "/project set budget 0.01")
+    fake.responder = write_then_answer(root / "app" / "spent.txt")
+    port = await say(core, "spend it", message_id="1")
+    assert "This turn hit the project's budget of $0.01 and was stopped" in port.texts[-1]
+    session = await manager.find_by_chat(TG)
+    assert session is not None and session.errors == 1
+    assert session.usage.cost_usd > 0.01
+    assert await manager.spent_today("telegram:11") == pytest.approx(session.usage.cost_usd)
+    calls = len(fake.requests)
+    refused = await say(core, "again", message_id="2")
+    assert refused.texts == [
+        "You've reached today's spending limit ($0.01). It resets at midnight UTC."
+    ]
+    assert len(fake.requests) == calls
+
+
 async def test_an_export_of_a_project_includes_its_claude_code_transcript(
     core: Dispatcher,
 ) -> None:
@@ -430,6 +639,56 @@ async def test_approve_through_telegrams_inline_buttons(
             await until(lambda: "Approved by" in shown()["text"])
             assert "reply_markup" not in shown()
             assert any(t.endswith("Done with the file.") for t in texts(tg, ADMIN))
+        finally:
+            await app.close_interfaces([interface], 5.0)
+            await app.stop()
+
+
+async def test_a_telegram_forum_topic_is_bound_to_its_project(
+    tmp_path: Path, fake: FakeAnthropic, sqlite_url: str
+) -> None:
+    """In a forum, each topic is a chat of its own: the topic that selects a project
+    works in it (Claude Code, answered in that topic); the topic next to it keeps its
+    own conversation, and neither sees the other's words."""
+    from tests.fakes.telegram_api import FakeTelegram
+    from tests.test_telegram_bot import ADMIN, TOKEN, make_config, texts
+
+    forum = -1005
+
+    def post(text: str, topic: int) -> None:
+        tg.user_message(forum, text, chat_type="supergroup", user_id=ADMIN, message_thread_id=topic)
+
+    async with FakeTelegram(token=TOKEN) as tg:
+        config = make_config(tmp_path, sqlite_url, tg, fake)
+        config.projects.root = str(tmp_path / "projects")
+        app = Palaver(config)
+        await app.start()
+        (interface,) = app.build_interfaces()
+        await interface.start()
+        try:
+            post("/project new app", 7)
+            await tg.wait_for_message(forum, message_thread_id=7, contains="Created project app")
+            post("@palaver_test_bot the fruit is a quince", 8)
+            await tg.wait_for_message(forum, message_thread_id=8, contains="quince")
+            post("@palaver_test_bot the code word is heron", 7)
+            await tg.wait_for_message(forum, message_thread_id=7, contains="heron", timeout=30)
+            code_call = json.dumps(fake.requests[-1])
+            assert "heron" in code_call and "quince" not in code_call
+            assert "claude_code" in code_call or "Claude Code" in code_call  # its own prompt
+            post("/project", 8)
+            await tg.wait_for_message(forum, message_thread_id=8, contains="No project")
+            post("@palaver_test_bot what was the code word?", 7)
+            await tg.wait_for_message(forum, message_thread_id=7, contains="code word?", timeout=30)
+            assert "the code word is heron" in json.dumps(fake.requests[-1]["messages"])
+            manager = app.manager
+            topic = ChatKey("telegram", str(forum), "7")
+            project = await manager.active_project(topic)
+            assert project is not None and project.name == "app"
+            assert await manager.active_project(ChatKey("telegram", str(forum), "8")) is None
+            current = await manager.code_session(project.id)
+            assert current is not None and current.chat_refs == (topic.ref,)
+            assert not any("heron" in t for t in texts(tg, forum, 8))
+            assert not any("quince" in t for t in texts(tg, forum, 7))
         finally:
             await app.close_interfaces([interface], 5.0)
             await app.stop()

@@ -161,6 +161,10 @@ async def test_history_of_a_projects_sessions(database: Database) -> None:
     other = await _project(database, "other")
     assert not await sessions.belongs(other, "s-3")
     assert await sessions.history(other) == []
+    # The same id recorded later under another project stays the first project's.
+    later = t0 + timedelta(minutes=9)
+    await sessions.record_turn(other, "s-3", chat_ref=None, usage=Usage(), num_turns=0, now=later)
+    assert not await sessions.belongs(other, "s-3") and await sessions.belongs(pid, "s-3")
 
 
 async def test_one_current_session_under_concurrent_turns(database: Database) -> None:
