@@ -176,7 +176,7 @@ class Palaver:
             else:
                 try:
                     if manager is not None:
-                        await manager.close()
+                        await manager.close(config.palaver.shutdown_grace_s)
                 finally:
                     if client is not None:
                         await client.close()
@@ -251,7 +251,7 @@ class Palaver:
                 await wiring.scheduler.stop(self.config.palaver.shutdown_grace_s)
             finally:
                 await wiring.code.close()
-            await wiring.manager.close()
+            await wiring.manager.close(self.config.palaver.shutdown_grace_s)
         finally:
             if wiring.client is not None:
                 await wiring.client.close()

@@ -665,3 +665,45 @@ async def test_messages_keep_coming_while_jobs_run(manager: SessionManager) -> N
     assert run.counts["messages"] == 300 and run.counts["sessions"] == 1
     assert written > 1  # turns were served between the batches, not after them
     assert len(await manager.messages(live.id)) == written
+
+
+async def test_shutdown_waits_for_a_summary_only_for_the_grace_then_cancels_it(
+    tmp_path: Path, db_url: str, gate: Gate
+) -> None:
+    """A Messages API that never answers a summary (and a summarizer timeout far off)
+    must not hold the shutdown: the app's stop waits the grace (0 here), cancels the
+    summary, and closes; the messages are all still there for the next start."""
+    from pydantic import SecretStr
+
+    from bots.app import Palaver
+    from bots.config import Config, PalaverSettings, Secrets
+    from memory.settings import DatabaseSettings, MemorySettings
+
+    gate.hold = True  # never released while the app runs
+    async with FakeAnthropic(responder=gate) as fake:
+        config = Config(
+            palaver=PalaverSettings(data_dir=tmp_path, shutdown_grace_s=0),
+            database=DatabaseSettings(url=db_url),
+            memory=MemorySettings(token_limit=2000, summary_max_tokens=200),
+            claude=ClaudeSettings(base_url=fake.url, summarizer_timeout_s=600, max_retries=0),
+            secrets=Secrets(anthropic_api_key=SecretStr(fake.api_key)),
+        )
+        app = Palaver(config)
+        await app.start()
+        manager = app.manager
+        session = await manager.open(KEY)
+        lines = [f"line {i}: " + "words to remember " * 40 for i in range(20)]
+        await talk(manager, session.id, lines)
+        assert await manager.maybe_summarize(session.id)
+        async with asyncio.timeout(30):
+            await gate.entered.wait()
+        async with asyncio.timeout(30):  # the summarizer's own timeout is 600 s
+            await app.stop()
+        gate.release.set()
+    app = Palaver(config)
+    await app.start()
+    try:
+        assert await app.manager.summaries(session.id) == []
+        assert len(await app.manager.messages(session.id)) == len(lines)
+    finally:
+        await app.stop()
