@@ -245,10 +245,10 @@ class JobRunner:
         if self._stopping:
             # stop() began while the run was being recorded: it saw no body to wait
             # for, so none may start now; the run is recorded as cancelled.
-            error, finished = "cancelled at shutdown before it began", self.now()
-            await asyncio.shield(self._record(job.name, run_id, "cancelled", {}, error, finished))
+            why, finished = "cancelled at shutdown before it began", self.now()
+            await asyncio.shield(self._record(job.name, run_id, "cancelled", {}, why, finished))
             self._tell(
-                JobRun(run_id, job.name, self.instance, started, finished, "cancelled", {}, error)
+                JobRun(run_id, job.name, self.instance, started, finished, "cancelled", {}, why)
             )
             raise JobsStopped("the jobs are shutting down; nothing new starts")
         ctx = JobContext(self.manager, self.settings, self.prunables, self.now)
