@@ -200,6 +200,36 @@ BAD_VALUES = [
         id="summary-share-with-numbers",
     ),
     pytest.param(
+        {"PALAVER_MEMORY__RETAIN_FOR_S": "1e30"},
+        ["memory.retain_for_s = 1e+30", "at most 10 years"],
+        id="duration-huge",
+    ),
+    pytest.param(
+        {"PALAVER_MEMORY__RETAIN_FOR_S": "1000000000000000000000"},
+        ["memory.retain_for_s = 1000000000000000000000", "at most 10 years"],
+        id="duration-huge-integer",
+    ),
+    pytest.param(
+        {"PALAVER_JOBS__KEEP_RUNS_S": "99999999999"},
+        ["jobs.keep_runs_s = 99999999999", "at most 10 years (315360000)"],
+        id="duration-keep-runs",
+    ),
+    pytest.param(
+        {"PALAVER_MEMORY__CACHE_VERIFY_AFTER_S": "inf"},
+        ["memory.cache_verify_after_s = inf", "finite number of seconds"],
+        id="duration-inf",
+    ),
+    pytest.param(
+        {"PALAVER_CLAUDE__BREAKER_RESET_S": "nan"},
+        ["claude.breaker_reset_s = nan", "finite number of seconds"],
+        id="duration-nan",
+    ),
+    pytest.param(
+        {"PALAVER_CLAUDE_CODE__IDLE_S": "1e300"},
+        ["claude_code.idle_s = 1e+300", "at most 10 years"],
+        id="duration-claude-code-idle",
+    ),
+    pytest.param(
         {"PALAVER_MEMORY__EXPIRE_AFTER_S": "100"},
         ["memory.expire_after_s = 100 must be longer than idle_after_s = 1800"],
         id="expire-before-idle",
