@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
@@ -130,14 +129,12 @@ def main(argv: list[str] | None = None) -> int:
         "command", nargs="?", default="run", choices=["run", "console", "check-config"]
     )
     args = parser.parse_args(arguments)
-    # Secrets come only from the environment: redact them from anything written,
-    # a bad configuration's own lines included.
-    redactor = Redactor.from_environ(os.environ)
     try:
         config = load_config(args.config)
     except ConfigError as error:
-        for line in str(error).splitlines():
-            print(f"palaver: {redactor.redact(line)}", file=sys.stderr)
+        # Secrets come only from the environment: redacted from a bad
+        # configuration's own lines too.
+        admin_cli.report_config_error(error)
         return 2
     secrets = config.secrets
     console = args.command == "console" or not (

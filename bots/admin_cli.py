@@ -99,12 +99,21 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+def report_config_error(error: ConfigError) -> None:
+    """A configuration that cannot load, one line per problem on stderr. The config
+    is not there to say what its secrets are: those of the environment are
+    redacted (a token pasted into a URL setting is echoed in its problem)."""
+    redactor = Redactor.from_environ(os.environ)
+    for line in str(error).splitlines():
+        print(f"palaver: {redactor.redact(line)}", file=sys.stderr)
+
+
 def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(list(argv))
     try:
         config = load_config(args.config)
     except ConfigError as error:
-        print(f"palaver: {error}", file=sys.stderr)
+        report_config_error(error)
         return 2
     out = Console(soft_wrap=False)
     err = Console(stderr=True)

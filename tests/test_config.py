@@ -325,3 +325,53 @@ def test_a_sqlite_file_in_an_existing_directory_or_the_data_dir_is_fine(tmp_path
             "PALAVER_PALAVER__DATA_DIR": str(tmp_path / "data"),
         }
         assert load_config(write(tmp_path, ""), environ=environ).database.url == url
+
+
+@pytest.mark.parametrize("command", [["check-config"], ["run"], ["stats"], ["jobs", "list"]])
+@pytest.mark.parametrize(
+    ("where", "wrong"),
+    [
+        pytest.param("missing.toml", "no such configuration file", id="missing"),
+        pytest.param(".", "a directory; give the configuration file in it", id="directory"),
+        pytest.param("a-file/palaver.toml", "cannot be read: Not a directory", id="unreadable"),
+    ],
+)
+def test_a_config_file_that_cannot_be_read_is_one_line_and_exit_status_2(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: list[str],
+    where: str,
+    wrong: str,
+) -> None:
+    """The operator's commands (stats, jobs) say it as run.py does."""
+    from run import main
+
+    (tmp_path / "a-file").write_text("not a directory")
+    path = (tmp_path / where).resolve()
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert main(["--config", str(path), *command]) == 2
+    out, err = capsys.readouterr()
+    assert err == f"palaver: invalid configuration: --config = {str(path)!r}: {wrong}\n"
+    assert out == ""
+
+
+def test_the_operator_commands_redact_secrets_in_config_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A token pasted into a setting is echoed in its problem: not in clear."""
+    from run import main
+
+    for name in [n for n in os.environ if n.startswith("PALAVER_") or n in SECRET_ENV]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", "123456:SECRETsecretSECRET")
+    monkeypatch.setenv(
+        "PALAVER_TELEGRAM__BASE_URL", "api.telegram.org/bot123456:SECRETsecretSECRET"
+    )
+    config = write(tmp_path, "")
+    for command in (["stats"], ["jobs", "list"], ["check-config"]):
+        assert main(["--config", str(config), *command]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("palaver: invalid configuration: telegram.base_url = "), err
+        assert "SECRETsecretSECRET" not in err
+        assert len(err.splitlines()) == 1
