@@ -4,6 +4,9 @@ python run.py [--config FILE]               start what is configured (the consol
                                              when no bot token is set)
 python run.py [--config FILE] console       chat in the terminal
 python run.py [--config FILE] check-config  print the effective configuration
+python run.py [--config FILE] sessions|stats|jobs ...
+                                             the operator's commands (bots.admin_cli;
+                                             --help lists them)
 """
 
 from __future__ import annotations
@@ -123,10 +126,20 @@ def main(argv: list[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
     if admin_cli.handles(arguments):  # sessions ..., stats: the operator's commands
         return admin_cli.main(arguments)
-    parser = argparse.ArgumentParser(prog="palaver", description="A chat-bot host for Claude.")
+    parser = argparse.ArgumentParser(
+        prog="palaver",
+        description="A chat-bot host for Claude.",
+        epilog=admin_cli.overview(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", type=Path, help="configuration file (default: config.toml)")
     parser.add_argument(
-        "command", nargs="?", default="run", choices=["run", "console", "check-config"]
+        "command",
+        nargs="?",
+        default="run",
+        choices=["run", "console", "check-config"],
+        help="run: start what is configured (default); console: chat in the terminal; "
+        "check-config: print the effective configuration",
     )
     args = parser.parse_args(arguments)
     try:

@@ -375,3 +375,31 @@ def test_the_operator_commands_redact_secrets_in_config_errors(
         assert err.startswith("palaver: invalid configuration: telegram.base_url = "), err
         assert "SECRETsecretSECRET" not in err
         assert len(err.splitlines()) == 1
+
+
+def test_help_names_the_operator_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    """`run.py --help` is where a user looks first: every operator command is named
+    there, and each one named answers its own --help."""
+    from run import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    listed = out.split("operator commands")[1].splitlines()[1:]
+    commands = [line.split("  ")[1].strip() for line in listed if line.strip()]
+    assert commands == [
+        "sessions list",
+        "sessions show",
+        "sessions export",
+        "sessions import",
+        "sessions delete",
+        "stats",
+        "jobs list",
+        "jobs run",
+    ]
+    for command in commands:
+        with pytest.raises(SystemExit) as done:
+            main([*command.split(), "--help"])
+        assert done.value.code == 0
+        assert capsys.readouterr().out.startswith(f"usage: palaver {command}")
