@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from memory.settings import Seconds
+
 # USD per million tokens: [input, output]. Cache reads and writes are priced as
 # multiples of the input price (see ClaudeSettings).
 DEFAULT_PRICES: dict[str, list[float]] = {
@@ -25,7 +27,7 @@ class ClaudeSettings(BaseModel):
     summarizer_model: str = Field("claude-haiku-4-5", min_length=1)
     summarizer_timeout_s: float = Field(30.0, gt=0, le=600)
     breaker_failures: int = Field(3, ge=1, le=100)
-    breaker_reset_s: float = Field(300.0, ge=1)
+    breaker_reset_s: Seconds = Field(300.0, ge=1)
     cache_write_multiplier: float = Field(1.25, ge=0)
     cache_read_multiplier: float = Field(0.1, ge=0)
     prices: dict[str, list[float]] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
@@ -60,8 +62,8 @@ class ClaudeCodeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_live: int = Field(4, ge=1, le=200)  # live CLI processes at most, one per project
-    idle_s: float = Field(600.0, gt=0)  # a live CLI idle this long is closed
-    approval_timeout_s: float = Field(300.0, gt=0)  # no answer to Approve/Deny: denied
+    idle_s: Seconds = Field(600.0, gt=0)  # a live CLI idle this long is closed
+    approval_timeout_s: Seconds = Field(300.0, gt=0)  # no answer to Approve/Deny: denied
     cli_path: str = ""  # empty: the CLI bundled in claude-agent-sdk
     config_dir: str = ""  # the CLI's CLAUDE_CONFIG_DIR; empty: <data_dir>/claude
     # Environment variables (beyond the agent's own short list) that reach the CLI and

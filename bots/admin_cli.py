@@ -102,12 +102,44 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+def _commands(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.ArgumentParser, str]]:
+    """A parser's subcommands: name, parser, help."""
+    found = []
+    for action in parser._actions:  # argparse keeps its subcommands nowhere public
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help or "" for choice in action._choices_actions}
+            found += [(name, sub, helps.get(name, "")) for name, sub in action.choices.items()]
+    return found
+
+
+def overview() -> str:
+    """The operator's commands, one line each, from the parser itself (so that
+    run.py --help names them and never lists one that is gone)."""
+    lines = ["operator commands (python run.py COMMAND --help for their options):"]
+    rows: list[tuple[str, str]] = []
+    for name, sub, about in _commands(parser()):
+        verbs = _commands(sub)
+        rows += [(f"{name} {verb}", text) for verb, _, text in verbs] or [(name, about)]
+    width = max(len(command) for command, _ in rows)
+    lines += [f"  {command:<{width}}  {text}" for command, text in rows]
+    return "\n".join(lines)
+
+
+def report_config_error(error: ConfigError) -> None:
+    """A configuration that cannot load, one line per problem on stderr. The config
+    is not there to say what its secrets are: those of the environment are
+    redacted (a token pasted into a URL setting is echoed in its problem)."""
+    redactor = Redactor.from_environ(os.environ)
+    for line in str(error).splitlines():
+        print(f"palaver: {redactor.redact(line)}", file=sys.stderr)
+
+
 def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(list(argv))
     try:
         config = load_config(args.config)
     except ConfigError as error:
-        print(f"palaver: {error}", file=sys.stderr)
+        report_config_error(error)
         return 2
     out = Console(soft_wrap=False)
     err = Console(stderr=True)

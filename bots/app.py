@@ -152,19 +152,48 @@ class Palaver:
         )
 
     async def start(self) -> None:
-        """Open and migrate the database, then build the memory and the turn."""
+        """Open and migrate the database, then build the memory and the turn.
+
+        A start that fails midway closes what it opened (the database, the manager,
+        the Claude client) before it raises: a failed start leaks nothing.
+        """
         config = self.config
         # Exports, logs and Claude Code's own state live here: nobody else's business.
         private_dir(config.palaver.data_dir)
         database = open_database(config.database_url, config.database)
+        client: anthropic.AsyncAnthropic | None = None
+        manager: SessionManager | None = None
         try:
             await migrate(database)
             agent, summarizer, client = self.build_claude()
-            manager = SessionManager(Store(database), TokenCounter(), config.memory, summarizer)
-            await manager.start()
+            opened = SessionManager(Store(database), TokenCounter(), config.memory, summarizer)
+            await opened.start()
+            manager = opened
+            self._wire(database, manager, agent, client)
         except BaseException:
-            await database.dispose()
+            if self._wiring is not None:
+                await self.stop()
+            else:
+                try:
+                    if manager is not None:
+                        await manager.close(config.palaver.shutdown_grace_s)
+                finally:
+                    if client is not None:
+                        await client.close()
+                    await database.dispose()
+            self.operator = None
             raise
+        log.info("palaver started: database %s, agent %s", database.reader.dialect.name, agent.name)
+
+    def _wire(
+        self,
+        database: Database,
+        manager: SessionManager,
+        agent: Agent,
+        client: anthropic.AsyncAnthropic | None,
+    ) -> None:
+        """The core, the jobs and the operator surface, on an open memory."""
+        config = self.config
         code = CodeTurns(
             manager,
             self.build_claude_code(manager),
@@ -204,7 +233,6 @@ class Palaver:
             self.operator = OperatorServer(config.http, secret, dispatcher, exports)
             self.operator.jobs = scheduler
             runner.observers.append(self.operator.job_finished)
-        log.info("palaver started: database %s, agent %s", database.reader.dialect.name, agent.name)
 
     async def start_jobs(self) -> None:
         """Put the jobs on their timetable (``[jobs] enabled``); the serving process
@@ -223,7 +251,7 @@ class Palaver:
                 await wiring.scheduler.stop(self.config.palaver.shutdown_grace_s)
             finally:
                 await wiring.code.close()
-            await wiring.manager.close()
+            await wiring.manager.close(self.config.palaver.shutdown_grace_s)
         finally:
             if wiring.client is not None:
                 await wiring.client.close()
@@ -240,13 +268,25 @@ class Palaver:
         """Shutdown: the interfaces take no more events, the core lets the turns in
         flight finish for ``grace`` seconds (then cancels them: their messages are
         kept, and answered after the restart), a running job likewise (then it is
-        cancelled and recorded so), and the interfaces close."""
+        cancelled and recorded so), and the interfaces close.
+
+        Also the way out of a start that failed midway: an interface that never
+        started (or started half-way) is stopped all the same, and one that fails
+        to stop is logged and the others still close.
+        """
         for interface in interfaces:
-            await interface.stop_receiving()
-        # A job in flight gets the same grace as the turns, side by side.
-        await asyncio.gather(self.dispatcher.drain(grace), self.scheduler.stop(grace))
+            try:
+                await interface.stop_receiving()
+            except Exception:
+                log.exception("%s: could not stop receiving", interface.name)
+        if self._wiring is not None:
+            # A job in flight gets the same grace as the turns, side by side.
+            await asyncio.gather(self.dispatcher.drain(grace), self.scheduler.stop(grace))
         for interface in reversed(interfaces):
-            await interface.stop()
+            try:
+                await interface.stop()
+            except Exception:
+                log.exception("%s: could not stop", interface.name)
 
     def build_interfaces(self) -> list[Interface]:
         """The bots whose tokens are set, built but not started."""

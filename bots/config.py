@@ -268,13 +268,23 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
     environ = os.environ if environ is None else environ
     path = path or DEFAULT_CONFIG
     data: dict[str, Any] = {}
-    if path.exists():
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-            raise ConfigError(f"{path}: not valid TOML: {error}") from None
-    elif path != DEFAULT_CONFIG:
-        raise ConfigError(f"{path}: no such configuration file")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if path != DEFAULT_CONFIG:  # without --config and config.toml: the defaults
+            raise ConfigError(
+                _problem("--config", str(path), "no such configuration file")
+            ) from None
+    except IsADirectoryError:
+        raise ConfigError(
+            _problem("--config", str(path), "a directory; give the configuration file in it")
+        ) from None
+    except OSError as error:  # unreadable: permissions, a broken disk
+        raise ConfigError(
+            _problem("--config", str(path), f"cannot be read: {error.strerror or error}")
+        ) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
     for forbidden in ("secrets", *[s.lower() for s in SECRET_ENV]):
         if forbidden in data or any(isinstance(v, dict) and forbidden in v for v in data.values()):
             raise ConfigError(

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from bots.live_events import JobRunView, job_run_view
+from conversation.job_runner import JobsStopped
 from memory.errors import PalaverError
 
 NO_JOBS = "jobs are not running in this process"
@@ -75,6 +76,6 @@ class JobRoutes:
         try:
             run = await control.run_now(name)
         except PalaverError as error:
-            status = 503 if type(error).__name__ == "JobsStopped" else 409
+            status = 503 if isinstance(error, JobsStopped) else 409
             return web.json_response({"error": str(error)}, status=status)
         return web.json_response(job_run_view(run))

@@ -61,7 +61,15 @@ ERRORS = {"400": _ERROR, "401": _ERROR, "404": _ERROR, "503": _ERROR}
 
 
 def _op(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"summary": summary, "responses": {**responses, **ERRORS}, **extra}
+    """An operation: its own responses, and the errors every route may answer
+    (where it says more of one, say what a 404 means there, its own wins)."""
+    return {"summary": summary, "responses": {**ERRORS, **responses}, **extra}
+
+
+def _error(description: str) -> dict[str, Any]:
+    """An error response of one route, saying when it happens."""
+    schema = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
 def document(version: str) -> dict[str, Any]:
@@ -315,7 +323,15 @@ def document(version: str) -> dict[str, Any]:
         "/api/jobs/{name}/run": {
             "post": _op(
                 "Run a job now",
-                {"200": _ok("the recorded run", any_object), "409": _ERROR},
+                {
+                    "200": _ok("the recorded run", any_object),
+                    "404": _error("there is no job of that name (the error lists the jobs)"),
+                    "409": _ERROR,
+                    "503": _error(
+                        "jobs do not run in this process, or they are shutting down: "
+                        "nothing new starts"
+                    ),
+                },
                 parameters=[_path("name", "the job's name")],
             )
         },

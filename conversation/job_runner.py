@@ -191,9 +191,15 @@ class JobRunner:
         recently = None
         if scheduled:
             recently = now - job.settings(self.settings).period(self.settings.tz, now) / 2
-        taken = await self.manager.take_job_lease(
-            job.name, self.instance, now=now, until=now + lease, not_started_since=recently
-        )
+        try:
+            taken = await self.manager.take_job_lease(
+                job.name, self.instance, now=now, until=now + lease, not_started_since=recently
+            )
+        except asyncio.CancelledError:
+            # The lease may have been committed just before the cancel arrived: let it
+            # go (releasing one not held is a no-op), or the job waits lease_s.
+            await self._let_go(job.name)
+            raise
         if not taken:
             return await self._not_taken(job, now, scheduled=scheduled)
         if self._stopping:
@@ -232,10 +238,19 @@ class JobRunner:
         try:
             run_id = await self.manager.start_job_run(job.name, self.instance, now=started)
         except BaseException:
-            # Not even recorded (the database went away): the lease goes with it.
-            with contextlib.suppress(Exception):
-                await self.manager.release_job_lease(job.name, self.instance, now=self.now())
+            # Not even recorded (the database went away, or the run was cancelled as
+            # it began): the lease goes with it.
+            await self._let_go(job.name)
             raise
+        if self._stopping:
+            # stop() began while the run was being recorded: it saw no body to wait
+            # for, so none may start now; the run is recorded as cancelled.
+            why, finished = "cancelled at shutdown before it began", self.now()
+            await asyncio.shield(self._record(job.name, run_id, "cancelled", {}, why, finished))
+            self._tell(
+                JobRun(run_id, job.name, self.instance, started, finished, "cancelled", {}, why)
+            )
+            raise JobsStopped("the jobs are shutting down; nothing new starts")
         ctx = JobContext(self.manager, self.settings, self.prunables, self.now)
         body = asyncio.create_task(job.run(ctx), name=f"palaver-job-{job.name}")
         self._bodies[job.name] = body
@@ -279,6 +294,13 @@ class JobRunner:
             counts,
         )
         return run
+
+    async def _let_go(self, name: str) -> None:
+        """Release this instance's lease of ``name``, even from a cancelled task."""
+        with contextlib.suppress(Exception):
+            await asyncio.shield(
+                self.manager.release_job_lease(name, self.instance, now=self.now())
+            )
 
     async def _record(
         self,

@@ -28,6 +28,8 @@ from pydantic import (
     model_validator,
 )
 
+from memory.settings import WholeSeconds
+
 Seconds = Annotated[int, Field(ge=1, le=366 * 86_400)]
 
 _CRON_HELP = (
@@ -169,7 +171,7 @@ class JobsSettings(BaseModel):
     instance: str = Field("", max_length=120)
     timezone: str = "UTC"
     lease_s: int = Field(120, ge=5, le=86_400)
-    keep_runs_s: int = Field(30 * 86_400, ge=3600)
+    keep_runs_s: WholeSeconds = Field(30 * 86_400, ge=3600)
     pause_ratio: float = Field(2.0, ge=0, le=100)
     finalize: FinalizeJob = Field(default_factory=FinalizeJob)
     expire: ExpireJob = Field(default_factory=ExpireJob)

@@ -110,10 +110,12 @@ class SessionManager(OperatorView, JobsView):
                 if isinstance(result, StoredMessage) and not result.duplicate:
                     self.observers.emit(MessageStored(result))
 
-    async def close(self) -> None:
-        """Finish pending writes and background summaries."""
+    async def close(self, grace: float | None = None) -> None:
+        """Finish pending writes; let background summaries finish for ``grace``
+        seconds (None: however long they take), then cancel them (their messages
+        stay, to be summarized later): a summary never holds up a shutdown."""
         await self._writer.drain()
-        await self._summarizing.wait()
+        await self._summarizing.wait(grace)
         await self._calibration.close()
 
     # -- what the core may know of the memory settings ----------------------------

@@ -3,8 +3,38 @@
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+# The longest duration any setting takes. Unbounded, a huge value (1e21 seconds)
+# passed the check and failed much later, deep inside, as an OverflowError of a
+# timedelta or a date; inf and NaN likewise. Ten years is longer than any timeout,
+# interval or retention a bot host needs.
+MAX_DURATION_S = 10 * 365 * 86_400
+
+
+def within_max_duration(value: object) -> object:
+    """Refuse, before parsing, a number of seconds that is not finite or is longer
+    than MAX_DURATION_S (in a string too, as the environment gives it); anything
+    else is left to the field's own checks."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return value
+    try:
+        seconds = float(value)
+    except OverflowError:
+        seconds = math.inf
+    except ValueError:
+        return value
+    if not math.isfinite(seconds) or seconds > MAX_DURATION_S:
+        raise ValueError(f"must be a finite number of seconds, at most 10 years ({MAX_DURATION_S})")
+    return value
+
+
+# Seconds with no bound of their own: finite, at most MAX_DURATION_S. Settings in
+# every layer use these (memory is the layer all others may import).
+Seconds = Annotated[float, BeforeValidator(within_max_duration)]
+WholeSeconds = Annotated[int, BeforeValidator(within_max_duration)]
 
 
 class DatabaseSettings(BaseModel):
@@ -30,11 +60,11 @@ class MemorySettings(BaseModel):
     max_message_chars: int = Field(100_000, ge=1)
     max_message_tokens: int = Field(32_000, ge=10)
     cache_size: int = Field(1000, ge=0)
-    cache_verify_after_s: float = Field(2.0, ge=0)
+    cache_verify_after_s: Seconds = Field(2.0, ge=0)
     write_batch_size: int = Field(256, ge=1, le=5000)
-    idle_after_s: int = Field(1800, ge=1)
-    expire_after_s: int = Field(86_400, ge=1)
-    retain_for_s: int = Field(30 * 86_400, ge=1)
+    idle_after_s: WholeSeconds = Field(1800, ge=1)
+    expire_after_s: WholeSeconds = Field(86_400, ge=1)
+    retain_for_s: WholeSeconds = Field(30 * 86_400, ge=1)
     carry_closing_summary: bool = True
 
     @model_validator(mode="after")

@@ -187,9 +187,30 @@ class Summarizing:
         task.add_done_callback(lambda _t: self._running.pop(session_id, None))
         return True
 
-    async def wait(self) -> None:
+    async def wait(self, grace: float | None = None) -> bool:
+        """Wait for the summaries in flight; with ``grace``, at most that long, then
+        cancel the rest (shutdown: a Messages API that never answers must not hold
+        the process). A cancelled summary wrote nothing: its messages stay whole and
+        the next turn's trigger folds them again. False if any was cancelled."""
+        loop = asyncio.get_running_loop()
+        deadline = None if grace is None else loop.time() + grace
         while self._running:
-            await asyncio.gather(*list(self._running.values()), return_exceptions=True)
+            running = list(self._running.values())
+            left = None if deadline is None else max(0.0, deadline - loop.time())
+            _done, pending = await asyncio.wait(running, timeout=left)
+            if pending:
+                log.warning(
+                    "%d summar%s still running after %g s: cancelled (the messages stay "
+                    "and are summarized later)",
+                    len(pending),
+                    "y" if len(pending) == 1 else "ies",
+                    grace,
+                )
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                return False
+        return True
 
     async def _loop(
         self, session_id: int, system_prompt: str, limit: int, model: str | None

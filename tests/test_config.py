@@ -204,6 +204,36 @@ BAD_VALUES = [
         id="summary-share-with-numbers",
     ),
     pytest.param(
+        {"PALAVER_MEMORY__RETAIN_FOR_S": "1e30"},
+        ["memory.retain_for_s = 1e+30", "at most 10 years"],
+        id="duration-huge",
+    ),
+    pytest.param(
+        {"PALAVER_MEMORY__RETAIN_FOR_S": "1000000000000000000000"},
+        ["memory.retain_for_s = 1000000000000000000000", "at most 10 years"],
+        id="duration-huge-integer",
+    ),
+    pytest.param(
+        {"PALAVER_JOBS__KEEP_RUNS_S": "99999999999"},
+        ["jobs.keep_runs_s = 99999999999", "at most 10 years (315360000)"],
+        id="duration-keep-runs",
+    ),
+    pytest.param(
+        {"PALAVER_MEMORY__CACHE_VERIFY_AFTER_S": "inf"},
+        ["memory.cache_verify_after_s = inf", "finite number of seconds"],
+        id="duration-inf",
+    ),
+    pytest.param(
+        {"PALAVER_CLAUDE__BREAKER_RESET_S": "nan"},
+        ["claude.breaker_reset_s = nan", "finite number of seconds"],
+        id="duration-nan",
+    ),
+    pytest.param(
+        {"PALAVER_CLAUDE_CODE__IDLE_S": "1e300"},
+        ["claude_code.idle_s = 1e+300", "at most 10 years"],
+        id="duration-claude-code-idle",
+    ),
+    pytest.param(
         {"PALAVER_MEMORY__EXPIRE_AFTER_S": "100"},
         ["memory.expire_after_s = 100 must be longer than idle_after_s = 1800"],
         id="expire-before-idle",
@@ -330,3 +360,81 @@ def test_a_moved_key_still_works_under_its_old_name_with_a_warning(tmp_path: Pat
     assert done.returncode == 0, done.stderr
     assert "telegram.text_extensions has moved to attachments.text_extensions" in done.stderr
     assert 'text_extensions = [".rst", ".tex"]' in done.stdout
+
+
+@pytest.mark.parametrize("command", [["check-config"], ["run"], ["stats"], ["jobs", "list"]])
+@pytest.mark.parametrize(
+    ("where", "wrong"),
+    [
+        pytest.param("missing.toml", "no such configuration file", id="missing"),
+        pytest.param(".", "a directory; give the configuration file in it", id="directory"),
+        pytest.param("a-file/palaver.toml", "cannot be read: Not a directory", id="unreadable"),
+    ],
+)
+def test_a_config_file_that_cannot_be_read_is_one_line_and_exit_status_2(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: list[str],
+    where: str,
+    wrong: str,
+) -> None:
+    """The operator's commands (stats, jobs) say it as run.py does."""
+    from run import main
+
+    (tmp_path / "a-file").write_text("not a directory")
+    path = (tmp_path / where).resolve()
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert main(["--config", str(path), *command]) == 2
+    out, err = capsys.readouterr()
+    assert err == f"palaver: invalid configuration: --config = {str(path)!r}: {wrong}\n"
+    assert out == ""
+
+
+def test_the_operator_commands_redact_secrets_in_config_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A token pasted into a setting is echoed in its problem: not in clear."""
+    from run import main
+
+    for name in [n for n in os.environ if n.startswith("PALAVER_") or n in SECRET_ENV]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", "123456:SECRETsecretSECRET")
+    monkeypatch.setenv(
+        "PALAVER_TELEGRAM__BASE_URL", "api.telegram.org/bot123456:SECRETsecretSECRET"
+    )
+    config = write(tmp_path, "")
+    for command in (["stats"], ["jobs", "list"], ["check-config"]):
+        assert main(["--config", str(config), *command]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("palaver: invalid configuration: telegram.base_url = "), err
+        assert "SECRETsecretSECRET" not in err
+        assert len(err.splitlines()) == 1
+
+
+def test_help_names_the_operator_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    """`run.py --help` is where a user looks first: every operator command is named
+    there, and each one named answers its own --help."""
+    from run import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    listed = out.split("operator commands")[1].splitlines()[1:]
+    commands = [line.split("  ")[1].strip() for line in listed if line.strip()]
+    assert commands == [
+        "sessions list",
+        "sessions show",
+        "sessions export",
+        "sessions import",
+        "sessions delete",
+        "stats",
+        "jobs list",
+        "jobs run",
+    ]
+    for command in commands:
+        with pytest.raises(SystemExit) as done:
+            main([*command.split(), "--help"])
+        assert done.value.code == 0
+        assert capsys.readouterr().out.startswith(f"usage: palaver {command}")

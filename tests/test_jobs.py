@@ -382,6 +382,73 @@ async def test_stop_lets_a_job_finish_within_the_grace(
     assert (run.outcome, run.counts) == ("ok", {"idle": 1, "finalized": 1})
 
 
+async def test_a_run_cancelled_while_taking_its_lease_lets_the_lease_go(
+    manager: SessionManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cancel arrives after the database took the lease, before the runner heard
+    of it: without letting it go, the job would wait out lease_s everywhere."""
+    clock = Clock()
+    taken = asyncio.Event()
+    take = manager.take_job_lease
+
+    async def take_then_wait(*args: Any, **kwargs: Any) -> bool:
+        result = await take(*args, **kwargs)  # committed
+        taken.set()
+        await asyncio.Event().wait()  # the cancel lands here
+        return result
+
+    monkeypatch.setattr(manager, "take_job_lease", take_then_wait)
+    running = asyncio.create_task(runner_for(manager, clock).run_now("finalize"))
+    await asyncio.wait_for(taken.wait(), 10)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    lease = (await manager.job_leases())["finalize"]
+    assert lease.expires_at <= clock(), "the lease must be let go at once"
+    monkeypatch.undo()
+    other = await runner_for(manager, clock, "b").run_now("finalize")
+    assert other.outcome == "ok"
+
+
+async def test_stop_while_a_run_is_being_recorded_starts_no_job_and_lets_its_lease_go(
+    make_manager: ManagerFactory,
+    claude: ClaudeSummarizer,
+    gate: Gate,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """stop() sees no job body yet, so the run must not start one after it: that job
+    would run on past the shutdown, its lease held."""
+    clock = Clock()
+    manager = await make_manager(summarizer=claude)
+    await quiet_session(manager, clock)
+    runner = runner_for(manager, clock)
+    recorded, go_on = asyncio.Event(), asyncio.Event()
+    start = manager.start_job_run
+
+    async def start_then_wait(*args: Any, **kwargs: Any) -> int:
+        run_id = await start(*args, **kwargs)
+        recorded.set()
+        await go_on.wait()
+        return run_id
+
+    monkeypatch.setattr(manager, "start_job_run", start_then_wait)
+    gate.hold = True  # a job body that began would hang in its closing summary
+    running = asyncio.create_task(runner.run_now("finalize"))
+    await asyncio.wait_for(recorded.wait(), 10)
+    stopping = asyncio.create_task(runner.stop(grace=0))
+    await asyncio.sleep(0)  # stop() has begun: nothing new may start
+    go_on.set()
+    await asyncio.wait_for(stopping, 30)
+    assert runner.running == []
+    with pytest.raises(JobsStopped):
+        await running
+    assert not gate.entered.is_set()
+    run = (await manager.last_job_runs(["finalize"]))["finalize"]
+    assert (run.outcome, run.error) == ("cancelled", "cancelled at shutdown before it began")
+    lease = (await manager.job_leases())["finalize"]
+    assert lease.expires_at <= clock()
+
+
 # -- the scheduler ---------------------------------------------------------------------------
 
 
@@ -665,3 +732,45 @@ async def test_messages_keep_coming_while_jobs_run(manager: SessionManager) -> N
     assert run.counts["messages"] == 300 and run.counts["sessions"] == 1
     assert written > 1  # turns were served between the batches, not after them
     assert len(await manager.messages(live.id)) == written
+
+
+async def test_shutdown_waits_for_a_summary_only_for_the_grace_then_cancels_it(
+    tmp_path: Path, db_url: str, gate: Gate
+) -> None:
+    """A Messages API that never answers a summary (and a summarizer timeout far off)
+    must not hold the shutdown: the app's stop waits the grace (0 here), cancels the
+    summary, and closes; the messages are all still there for the next start."""
+    from pydantic import SecretStr
+
+    from bots.app import Palaver
+    from bots.config import Config, PalaverSettings, Secrets
+    from memory.settings import DatabaseSettings, MemorySettings
+
+    gate.hold = True  # never released while the app runs
+    async with FakeAnthropic(responder=gate) as fake:
+        config = Config(
+            palaver=PalaverSettings(data_dir=tmp_path, shutdown_grace_s=0),
+            database=DatabaseSettings(url=db_url),
+            memory=MemorySettings(token_limit=2000, summary_max_tokens=200),
+            claude=ClaudeSettings(base_url=fake.url, summarizer_timeout_s=600, max_retries=0),
+            secrets=Secrets(anthropic_api_key=SecretStr(fake.api_key)),
+        )
+        app = Palaver(config)
+        await app.start()
+        manager = app.manager
+        session = await manager.open(KEY)
+        lines = [f"line {i}: " + "words to remember " * 40 for i in range(20)]
+        await talk(manager, session.id, lines)
+        assert await manager.maybe_summarize(session.id)
+        async with asyncio.timeout(30):
+            await gate.entered.wait()
+        async with asyncio.timeout(30):  # the summarizer's own timeout is 600 s
+            await app.stop()
+        gate.release.set()
+    app = Palaver(config)
+    await app.start()
+    try:
+        assert await app.manager.summaries(session.id) == []
+        assert len(await app.manager.messages(session.id)) == len(lines)
+    finally:
+        await app.stop()

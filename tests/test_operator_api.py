@@ -305,6 +305,26 @@ async def test_job_routes(surface: Surface) -> None:
     assert 'palaver_job_runs_total{job="finalize",outcome="ok"} 1.0' in raw.decode()
 
 
+async def test_running_a_job_that_is_unknown_or_while_the_jobs_stop(surface: Surface) -> None:
+    """An unknown job is 404, the jobs shutting down 503, both JSON errors in plain
+    words; the OpenAPI document lists both for the route."""
+    runner = JobRunner(surface.manager, JobsSettings())
+    scheduler = Scheduler(runner)
+    surface.server.jobs = scheduler
+    status, body = await surface.send("POST", "/api/jobs/no-such-job/run")
+    assert status == 404 and body["error"].startswith("there is no job 'no-such-job'")
+    status, body = await surface.send("POST", "/api/jobs/" + "x" * 500 + "/run")
+    assert status == 404 and len(body["error"]) < 300
+    await scheduler.stop(grace=0)
+    status, body = await surface.send("POST", "/api/jobs/finalize/run")
+    assert status == 503 and body == {"error": "the jobs are shutting down; nothing new starts"}
+    status, doc = await surface.get("/api/openapi.json")
+    responses = doc["paths"]["/api/jobs/{name}/run"]["post"]["responses"]
+    assert {"200", "404", "409", "503"} <= set(responses)
+    assert "no job" in responses["404"]["description"]
+    assert "shutting down" in responses["503"]["description"]
+
+
 async def test_stats_and_projects(surface: Surface) -> None:
     await surface.chat("desk-3", "spend a little")
     await surface.manager.create_project("atlas", model="claude-haiku-4-5")

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -24,6 +25,7 @@ import bots.telegram_outbound as telegram_outbound
 from agents.settings import ClaudeSettings
 from bots.app import Palaver
 from bots.config import Config, PalaverSettings, Secrets, TelegramSettings
+from bots.http_settings import HttpSettings
 from bots.telegram_bot import TelegramBot
 from conversation.delivery import REFUSED
 from conversation.settings import AccessSettings, AgentSettings, RateLimitSettings
@@ -856,6 +858,66 @@ async def test_run_py_exits_non_zero_on_a_bad_token(
     err = capsys.readouterr().err
     assert "palaver: cannot start: Telegram rejected the bot token" in err
     assert "WRONG" not in err
+
+
+def running_tasks() -> set[asyncio.Task[Any]]:
+    return {t for t in asyncio.all_tasks() if not t.done()}
+
+
+async def test_a_start_that_fails_midway_closes_what_it_opened_and_says_why_in_one_line(
+    tmp_path: Path, sqlite_url: str, tg: FakeTelegram, claude: FakeAnthropic,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """Telegram starts, then the operator API cannot bind its port: Telegram, the
+    API's hooks, the jobs and the database are all closed again, in one line."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    config = make_config(tmp_path, sqlite_url, tg, claude)
+    config.http = HttpSettings(enabled=True, port=taken.getsockname()[1])
+    before = running_tasks()
+    try:
+        assert await serve(config, console_only=False) == 1
+    finally:
+        taken.close()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "palaver: cannot start: the HTTP server cannot listen" in err
+    leaked = [t.get_name() for t in running_tasks() - before - {asyncio.current_task()}]
+    assert leaked == []
+
+
+async def test_an_unexpected_error_at_start_is_one_line_and_stops_the_started_interfaces(
+    tmp_path: Path, sqlite_url: str, tg: FakeTelegram, claude: FakeAnthropic,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """An interface whose start raises something other than Palaver's own errors (a
+    library's bug, say): no traceback on the terminal, exit 1, and Telegram (up by
+    then) and the failed interface are stopped, the app with them."""
+    stopped: list[str] = []
+
+    class Broken:
+        name = "broken"
+
+        async def start(self) -> None:
+            raise RuntimeError("the widget fell over")
+
+        async def stop_receiving(self) -> None:
+            pass
+
+        async def stop(self) -> None:
+            stopped.append(self.name)
+            raise RuntimeError("and it cannot stop either")
+
+    built = Palaver.build_interfaces
+    monkeypatch.setattr(Palaver, "build_interfaces", lambda app: [*built(app), Broken()])
+    before = running_tasks()
+    assert await serve(make_config(tmp_path, sqlite_url, tg, claude), console_only=False) == 1
+    err = capsys.readouterr().err
+    assert "palaver: cannot start: RuntimeError: the widget fell over" in err
+    assert "Traceback" not in err.split("palaver: cannot start")[1]
+    assert stopped == ["broken"]
+    leaked = [t.get_name() for t in running_tasks() - before - {asyncio.current_task()}]
+    assert leaked == []
 
 
 async def test_run_py_serves_telegram_and_stops_cleanly_on_sigterm(
