@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import format_table
+from bots.app import freeze_startup_heap
 from conversation.export import Format, write_export
 from memory.database import migrate, open_database
 from memory.manager import SessionManager
@@ -121,6 +122,7 @@ async def main(args: argparse.Namespace) -> None:
         await migrate(database)
         manager = SessionManager(Store(database), TokenCounter(), MemorySettings())
         await manager.start()
+        freeze_startup_heap()  # as run.py does once everything is up
         try:
             session_id = await seed(manager, args.messages)
             rows = [["(idle loop, 2 s)", "-", "-", "-", f"{await idle_stall() * 1000:.1f} ms", "-"]]
