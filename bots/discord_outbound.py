@@ -65,9 +65,20 @@ def delivery_error(error: BaseException) -> DeliveryError:
         return Unreachable(str(error))
     if isinstance(error, discord.RateLimited):
         return RetryLater(error.retry_after)
+    if isinstance(error, discord.HTTPException) and error.status == 429:
+        # A 429 discord.py gave up on (five in a row, or a Cloudflare ban): wait, not refuse.
+        return RetryLater(_retry_after(error))
     if isinstance(error, discord.HTTPException) and 400 <= error.status < 500:
         return Rejected(str(error))
     return Transient(repr(error))
+
+
+def _retry_after(error: discord.HTTPException) -> float:
+    """The wait a 429 asked for (its Retry-After header), 60 s where it names none."""
+    try:
+        return max(1.0, float(error.response.headers.get("Retry-After", "")))
+    except (TypeError, ValueError, AttributeError):
+        return 60.0
 
 
 def parts(text: str) -> list[str]:

@@ -641,6 +641,21 @@ async def test_a_reply_discord_refuses_for_a_while_is_delivered_later_once(
     assert await h.manager.owed(h.bot.dispatcher.outbox.since()) == []
 
 
+async def test_a_429_discord_py_gives_up_on_is_waited_out_not_refused(
+    start: Start, dc: FakeDiscord, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Cloudflare ban's 429 (no Via header) reaches the port as HTTPException(429):
+    it used to be taken for a 4xx refusal, and the reply marked failed."""
+    h = await start(stream_edit_interval_s=5.0)
+    dm = dc.dm_channel(ALICE)
+    dc.rate_limit(f"POST /channels/{dm}/messages", times=1, retry_after=0.2, cloudflare=True)
+    await dc.user_message(None, "through a ban", author_id=ALICE)
+    [reply] = await h.bot_messages(dm, prefix="echo: through a ban")
+    await h.bot.dispatcher.outbox.idle()
+    assert [m.content for m in dc.channel_messages(dm)] == [reply.content]
+    assert await h.manager.owed(h.bot.dispatcher.outbox.since()) == []
+
+
 async def test_a_reply_discord_refuses_for_good_is_marked_failed_and_said_once(
     start: Start, dc: FakeDiscord, monkeypatch: pytest.MonkeyPatch
 ) -> None:

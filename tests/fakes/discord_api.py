@@ -398,6 +398,7 @@ class _RateRule:
     times: int
     retry_after: float
     is_global: bool
+    cloudflare: bool = False
 
 
 @dataclass
@@ -795,10 +796,18 @@ class FakeDiscord:
     # ------------------------------------------------------------------ test controls
 
     def rate_limit(
-        self, route: str, times: int = 1, retry_after: float = 0.2, *, is_global: bool = False
+        self,
+        route: str,
+        times: int = 1,
+        retry_after: float = 0.2,
+        *,
+        is_global: bool = False,
+        cloudflare: bool = False,
     ) -> None:
-        """Answer the next ``times`` calls whose ``"METHOD /path"`` contains ``route`` with 429."""
-        self._rate_rules.append(_RateRule(route, times, retry_after, is_global))
+        """Answer the next ``times`` calls whose ``"METHOD /path"`` contains ``route`` with 429.
+        ``cloudflare``: the 429 of a Cloudflare ban (no ``Via`` header), which discord.py
+        does not wait out but raises at once as an HTTPException."""
+        self._rate_rules.append(_RateRule(route, times, retry_after, is_global, cloudflare))
 
     def fail(
         self,
@@ -1603,6 +1612,8 @@ class FakeDiscord:
                 if not rule.is_global:
                     body["code"] = 0
                 response = _json_response(body, status=429)
+                if rule.cloudflare:
+                    response.headers["Via"] = ""  # what discord.py reads as a ban
                 _ratelimit_headers(response, key, 50, 0, rule.retry_after)
                 response.headers["Retry-After"] = str(max(1, round(rule.retry_after)))
                 response.headers["X-RateLimit-Scope"] = "global" if rule.is_global else "user"
