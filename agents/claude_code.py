@@ -407,11 +407,11 @@ class ClaudeCodeAgent:
                     result = message
         except Exception as error:
             await self._discard(live)
-            raise self._crashed(live, error) from error
+            raise self._crashed(live, error, _spent(call_usage, turn_cost)) from error
 
         if result is None:
             await self._discard(live)
-            raise self._crashed(live, None)
+            raise self._crashed(live, None, _spent(call_usage, turn_cost))
         live.session_id = result.session_id
         cost = self._account(live, result)
         usage = _usage(result.usage or {})
@@ -668,13 +668,18 @@ class ClaudeCodeAgent:
 
     # -- errors and transcripts ----------------------------------------------------------
 
-    def _crashed(self, live: _Live, error: BaseException | None) -> AgentError:
+    def _crashed(
+        self, live: _Live, error: BaseException | None, spent: Usage | None = None
+    ) -> AgentError:
+        """A CLI that died mid-turn; ``spent`` is what its model calls had cost by then,
+        charged all the same (the spend caps count it)."""
         detail = " | ".join([str(error) if error else "no result", *live.stderr])
         return AgentError(
             "Claude Code stopped unexpectedly during this turn; what it did so far is kept. "
             "Send your message again to continue.",
             kind="cli_crashed",
             detail=detail[:2000],
+            usage=spent,
         )
 
     async def _compact_summary(self, workdir: Path, session_id: str) -> str | None:
@@ -709,6 +714,11 @@ def _usage(raw: Mapping[str, Any]) -> Usage:
         int(raw.get("cache_read_input_tokens") or 0),
         int(raw.get("cache_creation_input_tokens") or 0),
     )
+
+
+def _spent(call_usage: dict[str, Any], turn_cost: float) -> Usage | None:
+    """What a turn cut short had cost, as the streamed usage priced it; None if nothing."""
+    return _priced(_usage(call_usage), turn_cost) if turn_cost > 0 else None
 
 
 def _priced(usage: Usage, cost: float) -> Usage:

@@ -467,6 +467,39 @@ async def test_claude_code_killed_mid_turn_is_a_plain_error_and_the_next_turn_wo
     assert "the code word is heron" in json.dumps(fake.requests[-1]["messages"])
 
 
+async def test_a_turn_cut_off_by_a_crash_still_counts_what_its_model_calls_cost(
+    core: Dispatcher, fake: FakeAnthropic, manager: SessionManager, root: Path
+) -> None:
+    """Claude Code read a file (one model call, paid), then its CLI died while the
+    next call was pending: the paid call is charged to the session and the asker, as
+    a budget stop's is, so a CLI that keeps dying cannot spend past the caps."""
+    await say(core, "/project new app")
+    (root / "app" / "notes.md").write_text("the plan")
+    await ask(core, "hello", "1")
+    [cli] = cli_children()
+    session = await manager.find_by_chat(TG)
+    assert session is not None
+    before = session.usage.cost_usd
+    spent_before = await manager.spent_today("telegram:11")
+    pending = asyncio.Event()
+
+    async def respond(body: dict[str, Any]) -> str | ToolCall:
+        if tool_results(body):
+            pending.set()
+            await asyncio.sleep(600)  # the second call never answers: the CLI dies first
+        return ToolCall("Read", {"file_path": str(root / "app" / "notes.md")})
+
+    fake.responder = respond
+    turn = asyncio.create_task(say(core, "read the notes", message_id="2"))
+    await asyncio.wait_for(pending.wait(), 60)
+    os.kill(cli, signal.SIGKILL)
+    await asyncio.wait_for(turn, 60)  # a bound only against a hang
+    session = await manager.find_by_chat(TG)
+    assert session is not None and session.errors == 1
+    assert session.usage.cost_usd > before  # the Read call's tokens, charged
+    assert await manager.spent_today("telegram:11") > spent_before  # to the asker too
+
+
 async def test_claude_code_turns_count_toward_spend_caps_status_and_stats(
     make_core: Core, fake: FakeAnthropic, manager: SessionManager
 ) -> None:
