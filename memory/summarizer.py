@@ -50,6 +50,9 @@ class Summarizer(Protocol):
     """Writes rolling summaries; may be slow, runs off the reply path."""
 
     name: str
+    # Whether ``summarize`` looks at a message's files: memory reads and encodes them
+    # (up to 8 MB) for a summary only then. It may turn False (a model found text-only).
+    reads_files: bool
 
     async def summarize(self, messages: Sequence[SummaryInput], max_tokens: int) -> SummaryText:
         """Summarize consecutive messages in at most ``max_tokens`` tokens.
@@ -87,6 +90,7 @@ class ExtractiveSummarizer:
     no files: a message's text names them, and that is what it keeps."""
 
     name = "extractive"
+    reads_files = False
 
     def __init__(self, tokens: TokenCounter) -> None:
         self._tokens = tokens

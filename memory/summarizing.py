@@ -134,8 +134,8 @@ class Summarizing:
     ) -> list[SummaryInput]:
         """``inputs`` with the files their messages carried (see ``files_to_show``), read from
         the store for this one request; a file no longer kept is named only."""
-        if not inputs or not has_files:
-            return inputs
+        if not inputs or not has_files or not self.summarizer.reads_files:
+            return inputs  # a summarizer that reads no files is not handed any
         first, last = inputs[0].seq, inputs[-1].seq
         found = await self._store.attachments.of_session(session_id, after=first - 1, through=last)
         chosen = files_to_show(found)

@@ -153,6 +153,7 @@ class GatedSummarizer:
     """Blocks until released, so a test can add messages while a summary is made."""
 
     name = "gated"
+    reads_files = False
 
     def __init__(self) -> None:
         self.started = asyncio.Event()

@@ -74,6 +74,7 @@ class EchoSummarizer:
     """Deterministic: names the seqs it covered; can be held mid-summary."""
 
     name = "echo"
+    reads_files = False
 
     def __init__(self) -> None:
         self.hold = False

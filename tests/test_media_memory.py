@@ -66,6 +66,7 @@ class Recorder:
     """A summarizer that keeps what it was shown (the model's stand-in, not under test)."""
 
     name = "recorder"
+    reads_files = True
 
     def __init__(self) -> None:
         self.seen: list[SummaryInput] = []
