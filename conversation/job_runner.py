@@ -197,8 +197,12 @@ class JobRunner:
             )
         except asyncio.CancelledError:
             # The lease may have been committed just before the cancel arrived: let it
-            # go (releasing one not held is a no-op), or the job waits lease_s.
-            await self._let_go(job.name)
+            # go (releasing one not held is a no-op), or the job waits lease_s; unless
+            # a run of this job is going on here: the lease (held by this instance) is
+            # that run's.
+            running = self._bodies.get(job.name)
+            if running is None or running.done():
+                await self._let_go(job.name)
             raise
         if not taken:
             return await self._not_taken(job, now, scheduled=scheduled)
