@@ -6,9 +6,10 @@ Text is cut at Discord's 2,000 characters between paragraphs or lines
 language. Mentions in the model's text never ping anyone (the client's
 ``allowed_mentions``). Discord's answers map onto the port's failures: a DM to a user
 whose DMs are closed, a channel the bot may not write to, or one that is gone, is
-``Unreachable``; any other 4xx refuses the message for good (``Rejected``); a wait
-longer than discord.py's ``max_ratelimit_timeout`` is ``RetryLater`` (shorter 429s
-discord.py waits out itself); Discord out of reach (5xx, network errors, timeouts) is
+``Unreachable``; any other 4xx but 429 refuses the message for good (``Rejected``); a
+wait longer than discord.py's ``max_ratelimit_timeout``, or a 429 discord.py gave up on
+(five in a row, a Cloudflare ban), is ``RetryLater`` (shorter 429s discord.py waits out
+itself); Discord out of reach (5xx, network errors, timeouts) is
 ``Transient``. Each says how many parts of the text were shown before it
 (``sent_parts``).
 """
