@@ -808,3 +808,45 @@ async def test_run_exits_non_zero_on_a_bad_discord_token(
     )
     assert await serve(config, console_only=False) == 1
     assert "cannot start: Discord rejected DISCORD_BOT_TOKEN" in capsys.readouterr().err
+
+
+async def test_discord_down_at_start_holds_up_nothing_and_telegram_serves_meanwhile(
+    tmp_path: Path, db_url: str, dc: FakeDiscord, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both bots in one application, Discord out of reach when it starts: the start
+    returns, Telegram answers while Discord is retried, and Discord answers once it is
+    back (it used to end the whole process, Telegram included)."""
+    monkeypatch.setattr(discord_bot, "GUILD_READY_TIMEOUT_S", 0.05)
+    dc.fail("GET /users/@me", 503, times=3)
+    async with FakeTelegram(token=TG_TOKEN) as tg, FakeAnthropic() as claude:
+        config = Config(
+            palaver=PalaverSettings(data_dir=tmp_path),
+            database=DatabaseSettings(url=db_url),
+            access=AccessSettings(allowed_users=[f"telegram:{TG_ANN}", f"discord:{ALICE}"]),
+            claude=ClaudeSettings(base_url=claude.url, max_retries=0),
+            telegram=TelegramSettings(base_url=tg.base_url, base_file_url=tg.base_file_url),
+            discord=DiscordSettings(connect_timeout_s=0.5),
+            secrets=Secrets(
+                telegram_bot_token=SecretStr(TG_TOKEN),
+                discord_bot_token=SecretStr(TOKEN),
+                anthropic_api_key=SecretStr(claude.api_key),
+            ),
+        )
+        app = Palaver(config)
+        await app.start()
+        interfaces = app.build_interfaces()
+        try:
+            for interface in interfaces:
+                await interface.start()  # Discord's returns: it retries in the background
+            discord = next(i for i in interfaces if isinstance(i, DiscordBot))
+            assert not discord.ready.is_set()
+            tg.user_message(TG_ANN, "Is anyone there?")
+            await tg.wait_for_message(TG_ANN)
+            async with asyncio.timeout(15):
+                await discord.ready.wait()
+            await dc.user_message(None, "and here?", author_id=ALICE)
+            dm = dc.dm_channel(ALICE)
+            await dc.wait_for(lambda: dc.channel_messages(dm), timeout=10)
+        finally:
+            await app.close_interfaces(interfaces, 2.0)
+            await app.stop()
