@@ -464,6 +464,10 @@ class FakeTelegram:
         """Seconds added to every call except getUpdates (benchmarks)."""
         self.latencies: dict[str, float] = {}
         """Per-method latency overriding ``latency`` (getUpdates included)."""
+        self.held: asyncio.Event | None = None
+        """While set to an unset event, every call but getUpdates waits for it to be set."""
+        self.in_flight = 0
+        """Calls (but getUpdates) being answered right now: what arrived and waits."""
         self.strict_html_entities = strict_html_entities
         self.sent: list[tuple[str, JSON]] = []
         """Every bot→Telegram call but getUpdates, in arrival order, failed ones included."""
@@ -959,7 +963,12 @@ class FakeTelegram:
             self.errors.append((name, params, 502, "Bad Gateway"))
             return web.Response(status=502, text="<html>502 Bad Gateway</html>")
         delay = self.latencies.get(name, self.latency if name != "getUpdates" else 0.0)
+        counted = name != "getUpdates"
+        self.in_flight += counted
         try:
+            if counted and self.held is not None:
+                self._notify()
+                await self.held.wait()
             if delay > 0:
                 await asyncio.sleep(delay)
             self._check_flood(name)
@@ -969,6 +978,7 @@ class FakeTelegram:
             self.errors.append((name, params, error.code, error.description))
             return self._envelope(error)
         finally:
+            self.in_flight -= counted
             self._notify()
         return web.json_response({"ok": True, "result": result})
 
