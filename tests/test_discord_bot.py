@@ -730,6 +730,25 @@ TG_ANN = 1001
 
 
 @pytest.mark.filterwarnings("ignore:.*retry_after.*:DeprecationWarning")
+def both_bots(
+    tmp_path: Path, db_url: str, tg: FakeTelegram, claude: FakeAnthropic, discord: DiscordSettings
+) -> Config:
+    """An application serving Telegram and Discord, against the fakes."""
+    return Config(
+        palaver=PalaverSettings(data_dir=tmp_path),
+        database=DatabaseSettings(url=db_url),
+        access=AccessSettings(allowed_users=[f"telegram:{TG_ANN}", f"discord:{ALICE}"]),
+        claude=ClaudeSettings(base_url=claude.url, max_retries=0),
+        telegram=TelegramSettings(base_url=tg.base_url, base_file_url=tg.base_file_url),
+        discord=discord,
+        secrets=Secrets(
+            telegram_bot_token=SecretStr(TG_TOKEN),
+            discord_bot_token=SecretStr(TOKEN),
+            anthropic_api_key=SecretStr(claude.api_key),
+        ),
+    )
+
+
 async def test_telegram_and_discord_served_together_share_one_database(
     tmp_path: Path, db_url: str, dc: FakeDiscord, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -737,19 +756,8 @@ async def test_telegram_and_discord_served_together_share_one_database(
     session; a Discord outage does not hold Telegram up, and Discord catches up after."""
     monkeypatch.setattr(discord_bot, "GUILD_READY_TIMEOUT_S", 0.05)
     async with FakeTelegram(token=TG_TOKEN) as tg, FakeAnthropic() as claude:
-        config = Config(
-            palaver=PalaverSettings(data_dir=tmp_path),
-            database=DatabaseSettings(url=db_url),
-            access=AccessSettings(allowed_users=[f"telegram:{TG_ANN}", f"discord:{ALICE}"]),
-            claude=ClaudeSettings(base_url=claude.url, max_retries=0),
-            telegram=TelegramSettings(base_url=tg.base_url, base_file_url=tg.base_file_url),
-            discord=DiscordSettings(stream_edit_interval_s=0.2),
-            secrets=Secrets(
-                telegram_bot_token=SecretStr(TG_TOKEN),
-                discord_bot_token=SecretStr(TOKEN),
-                anthropic_api_key=SecretStr(claude.api_key),
-            ),
-        )
+        streaming = DiscordSettings(stream_edit_interval_s=0.2)
+        config = both_bots(tmp_path, db_url, tg, claude, streaming)
         app = Palaver(config)
         await app.start()
         interfaces = app.build_interfaces()
@@ -819,19 +827,7 @@ async def test_discord_down_at_start_holds_up_nothing_and_telegram_serves_meanwh
     monkeypatch.setattr(discord_bot, "GUILD_READY_TIMEOUT_S", 0.05)
     dc.fail("GET /users/@me", 503, times=3)
     async with FakeTelegram(token=TG_TOKEN) as tg, FakeAnthropic() as claude:
-        config = Config(
-            palaver=PalaverSettings(data_dir=tmp_path),
-            database=DatabaseSettings(url=db_url),
-            access=AccessSettings(allowed_users=[f"telegram:{TG_ANN}", f"discord:{ALICE}"]),
-            claude=ClaudeSettings(base_url=claude.url, max_retries=0),
-            telegram=TelegramSettings(base_url=tg.base_url, base_file_url=tg.base_file_url),
-            discord=DiscordSettings(connect_timeout_s=0.5),
-            secrets=Secrets(
-                telegram_bot_token=SecretStr(TG_TOKEN),
-                discord_bot_token=SecretStr(TOKEN),
-                anthropic_api_key=SecretStr(claude.api_key),
-            ),
-        )
+        config = both_bots(tmp_path, db_url, tg, claude, DiscordSettings(connect_timeout_s=0.5))
         app = Palaver(config)
         await app.start()
         interfaces = app.build_interfaces()
